@@ -1,0 +1,76 @@
+"""Hyperparameter values: schedules, callables, tensors and numbers.
+
+A hyperparameter set with ``_set_hyper`` is one of
+
+* a Python number: becomes a scalar ``tf.Variable`` named after the
+  hyperparameter when the optimizer creates its weights, so it can be changed
+  later (also inside a ``tf.function``) without retracing;
+* a tensor or variable: used as given;
+* a callable taking no argument: called each time the value is read;
+* a learning-rate schedule: called with the step count.
+
+Schedules are ``keras_opt.schedules.LearningRateSchedule`` objects, or any
+foreign schedule object (tf_keras's, Keras 3's) that is callable with a step and
+has ``get_config``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+from typing import Any
+
+import tensorflow as tf
+
+
+def _own_schedule_class():
+    try:
+        from keras_opt.schedules import LearningRateSchedule
+    except ImportError:  # the schedules package is optional for the base
+        return None
+    return LearningRateSchedule
+
+
+def is_schedule(value: Any) -> bool:
+    """True for learning-rate schedule objects (ours or foreign)."""
+    own = _own_schedule_class()
+    if own is not None and isinstance(value, own):
+        return True
+    if inspect.isroutine(value) or isinstance(value, (tf.Tensor, tf.Variable, type)):
+        return False
+    return callable(value) and callable(getattr(value, "get_config", None))
+
+
+def is_replaceable(value: Any) -> bool:
+    """True when setting a new value replaces ``value`` instead of assigning into it."""
+    return (
+        callable(value)
+        or is_schedule(value)
+        or isinstance(value, (tf.Tensor, numbers.Number))
+    )
+
+
+def serialize_schedule(schedule: Any) -> dict:
+    """Config dict of a schedule, in tf_keras's format."""
+    own = _own_schedule_class()
+    if own is not None and isinstance(schedule, own):
+        from keras_opt import schedules
+
+        return schedules.serialize(schedule)
+    cls = type(schedule)
+    return {
+        "module": cls.__module__,
+        "class_name": cls.__name__,
+        "config": schedule.get_config(),
+        "registered_name": None,
+    }
+
+
+def looks_like_serialized_schedule(value: Any) -> bool:
+    return isinstance(value, dict) and "class_name" in value and "config" in value
+
+
+def deserialize_schedule(config: dict, custom_objects: dict | None = None) -> Any:
+    from keras_opt import schedules
+
+    return schedules.deserialize(config, custom_objects=custom_objects)

@@ -1,0 +1,842 @@
+"""OptimizerV2: the base class of keras_opt's optimizers.
+
+A faithful reimplementation of tf_keras's legacy ``OptimizerV2`` contract:
+hyperparameters (``_set_hyper``/``_get_hyper``), slot variables
+(``add_slot``/``get_slot``), coefficients computed once per (device, dtype) in
+``_prepare_local``, the ``_resource_apply_dense``/``_resource_apply_sparse``
+hooks, ``apply_gradients`` under ``tf.distribute``, and the checkpoint object
+graph (``iter``, hyperparameter variables by name, slot variables by slot name).
+
+``apply_gradients`` runs one fixed sequence of stages::
+
+    pairs      check pairs, drop None gradients, validate dtypes and shapes
+    weights    create iterations, hyperparameter variables and slots (once)
+    prepare    coefficients per (device, dtype)
+    aggregate  _transform_unaggregated_gradients, then _aggregate_gradients
+    transform  _gradient_stages(): clipvalue, clipnorm, global_clipnorm,
+               gradient_transformers
+    apply      per variable, under merge_call / extended.update:
+               _resource_apply_dense or _resource_apply_sparse_duplicate_indices,
+               then the variable's constraint
+    finish     iterations += 1
+
+Later features hook into a stage instead of rewriting the method: a gradient
+transformation appends to ``_gradient_stages()``, per-variable work goes into
+``_apply_one``, and work after all variables are updated goes before the
+iteration increment in ``_distributed_apply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import inspect
+import itertools
+import numbers
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_opt.optimizer_v2 import gradients as gradients_lib
+from keras_opt.optimizer_v2 import hyperparameters
+from keras_opt.optimizer_v2 import variables as variables_lib
+
+_DEFAULT_VALID_DTYPES = frozenset(
+    [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
+)
+_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+_EagerTensor = type(tf.constant(0))
+_NAME_COUNTS: dict[str, itertools.count] = {}
+
+deduplicate_indexed_slices = gradients_lib.deduplicate_indexed_slices
+
+
+def _snake_case(name: str) -> str:
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
+
+
+@contextlib.contextmanager
+def _name_scope_in_graph(name: str):
+    """A name scope in graphs and functions only (eager ops need none)."""
+    if tf.executing_eagerly():
+        yield
+    else:
+        with tf.name_scope(name):
+            yield
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_apply_state(function: Callable) -> bool:
+    return "apply_state" in inspect.signature(function).parameters
+
+
+class OptimizerV2(tf.__internal__.tracking.Trackable):
+    """Base class for keras_opt optimizers (tf_keras legacy ``OptimizerV2``).
+
+    Subclasses set their hyperparameters with ``_set_hyper`` in ``__init__`` and
+    implement ``_create_slots``, ``_resource_apply_dense``,
+    ``_resource_apply_sparse`` (or ``_resource_apply_sparse_duplicate_indices``)
+    and ``get_config``; ``_prepare_local`` computes per-(device, dtype)
+    coefficients once per step.
+
+    Args:
+      name: name of the optimizer; prefixes its variables' names.
+      gradient_aggregator: function of a list of (gradient, variable) pairs that
+        combines gradients across replicas; defaults to an all-reduce sum.
+      gradient_transformers: functions of a list of (gradient, variable) pairs
+        applied after aggregation and clipping.
+      **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (gradient
+        clipping, at most one of the two norms), ``lr`` (deprecated alias of
+        ``learning_rate``) and ``decay`` (legacy inverse-time decay of the
+        learning rate: ``lr / (1 + decay * iterations)``).
+    """
+
+    _HAS_AGGREGATE_GRAD = False
+
+    def __init__(
+        self,
+        name: str,
+        gradient_aggregator: Callable | None = None,
+        gradient_transformers: Sequence[Callable] | None = None,
+        **kwargs: Any,
+    ):
+        for key, value in kwargs.items():
+            if key not in _ALLOWED_KWARGS:
+                raise TypeError(
+                    f"Unexpected keyword argument passed to optimizer: {key}. "
+                    f"Allowed kwargs are {set(_ALLOWED_KWARGS)}."
+                )
+            if isinstance(value, numbers.Number) and value < 0:
+                raise ValueError(f"Expected {key} >= 0, received: {value}")
+            if key == "lr":
+                warnings.warn(
+                    "The `lr` argument is deprecated, use `learning_rate` instead.",
+                    stacklevel=3,
+                )
+        self._use_locking = True
+        self._init_set_name(name)
+        self._hyper: dict[str, Any] = {}
+        self._slots: dict[Any, dict[str, Any]] = {}
+        self._slot_names: list[str] = []
+        self._weights: list[tf.Variable] = []
+        self._iterations = None
+        self._deferred_slot_restorations: dict[str, dict[Any, list]] = {}
+        self._vars_with_slots: set = set()
+        decay = kwargs.pop("decay", 0.0)
+        if decay < 0.0:
+            raise ValueError(f"decay cannot be less than 0. Received: decay={decay}.")
+        self._initial_decay = decay
+        self._hypers_created = False
+        self._distribution_strategy = (
+            tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+        )
+        self.gradient_aggregator = gradient_aggregator or gradients_lib.all_reduce_sum_gradients
+        self.gradient_transformers = list(gradient_transformers or [])
+        self.clipnorm = kwargs.pop("clipnorm", None)
+        self.global_clipnorm = kwargs.pop("global_clipnorm", None)
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise ValueError(
+                "Cannot accept both `clipnorm` and `global_clipnorm`. Received: "
+                f"`clipnorm`={self.clipnorm}, `global_clipnorm`={self.global_clipnorm}."
+            )
+        self.clipvalue = kwargs.pop("clipvalue", None)
+
+    def __deepcopy__(self, memo):
+        result = type(self).__new__(type(self))
+        memo[id(self)] = result
+        for key, value in self.__dict__.items():
+            if key != "_distribution_strategy":
+                object.__setattr__(result, key, copy.deepcopy(value, memo))
+        object.__setattr__(result, "_distribution_strategy", self._distribution_strategy)
+        return result
+
+    # ------------------------------------------------------------------ clipping
+    def _check_clip_option(self, option: str, value: Any) -> Any:
+        if value is not None and self.__dict__.get("gradient_transformers"):
+            raise ValueError(
+                f"`{option}` cannot be set when `gradient_transformers` is set. Instead, "
+                "use the `gradient_transformers` to specify clipping and other "
+                f"transformations. Received: val={value}, "
+                f"gradient_transformers={self.gradient_transformers}."
+            )
+        return value
+
+    @property
+    def clipnorm(self) -> float | None:
+        """If set, each gradient is clipped to this L2 norm."""
+        return self._clipnorm
+
+    @clipnorm.setter
+    def clipnorm(self, value):
+        self._clipnorm = self._check_clip_option("clipnorm", value)
+
+    @property
+    def global_clipnorm(self) -> float | None:
+        """If set, all gradients are clipped together to this global norm."""
+        return self._global_clipnorm
+
+    @global_clipnorm.setter
+    def global_clipnorm(self, value):
+        self._global_clipnorm = self._check_clip_option("global_clipnorm", value)
+
+    @property
+    def clipvalue(self) -> float | None:
+        """If set, each gradient element is clipped to [-clipvalue, clipvalue]."""
+        return self._clipvalue
+
+    @clipvalue.setter
+    def clipvalue(self, value):
+        self._clipvalue = self._check_clip_option("clipvalue", value)
+
+    def _gradient_stages(self) -> list[gradients_lib.GradientStage]:
+        """The transformations applied after aggregation, in order."""
+        stages = []
+        if self._clipvalue is not None:
+            stages.append(gradients_lib.clip_by_value_stage(self._clipvalue))
+        if self._clipnorm is not None:
+            stages.append(gradients_lib.clip_by_norm_stage(self._clipnorm))
+        if self._global_clipnorm is not None:
+            stages.append(gradients_lib.clip_by_global_norm_stage(self._global_clipnorm))
+        stages.extend(self.gradient_transformers)
+        return stages
+
+    # ------------------------------------------------------- gradient hooks
+    def _transform_loss(self, loss):
+        """Called in `minimize` on the loss before differentiating it."""
+        return loss
+
+    def _get_gradients(self, tape, loss, var_list, grad_loss=None):
+        """Called in `minimize` to compute the gradients of the loss."""
+        grads = tape.gradient(loss, var_list, grad_loss)
+        return list(zip(grads, var_list))
+
+    def _transform_unaggregated_gradients(self, grads_and_vars):
+        """Called in `apply_gradients` before aggregation across replicas."""
+        return grads_and_vars
+
+    def _aggregate_gradients(self, grads_and_vars):
+        """Aggregates gradients across replicas with `gradient_aggregator`."""
+        return self.gradient_aggregator(grads_and_vars)
+
+    def _transform_gradients(self, grads_and_vars):
+        """Called in `apply_gradients` after aggregation: runs the gradient stages."""
+        return gradients_lib.apply_stages(grads_and_vars, self._gradient_stages())
+
+    # ------------------------------------------------------- public training API
+    def minimize(self, loss, var_list, grad_loss=None, name=None, tape=None):
+        """Computes the gradients of ``loss`` and applies them to ``var_list``.
+
+        ``loss`` is a zero-argument callable, or a tensor computed under ``tape``;
+        ``var_list`` a list of variables or a callable returning one (for models
+        that create their variables on the first call).
+        """
+        grads_and_vars = self._compute_gradients(
+            loss, var_list=var_list, grad_loss=grad_loss, tape=tape
+        )
+        return self.apply_gradients(grads_and_vars, name=name)
+
+    def _compute_gradients(self, loss, var_list, grad_loss=None, tape=None):
+        """First half of `minimize`: (gradient, variable) pairs, gradients may be None."""
+        if not callable(loss) and tape is None:
+            raise ValueError(
+                "`tape` is required when a `Tensor` loss is passed. "
+                f"Received: loss={loss}, tape={tape}."
+            )
+        tape = tape if tape is not None else tf.GradientTape()
+        if callable(loss):
+            with tape:
+                if not callable(var_list):
+                    tape.watch(var_list)
+                loss = loss()
+                if callable(var_list):
+                    var_list = var_list()
+        with tape:
+            loss = self._transform_loss(loss)
+        var_list = tf.nest.flatten(var_list)
+        with tf.name_scope(self._name + "/gradients"):
+            grads_and_vars = self._get_gradients(tape, loss, var_list, grad_loss)
+        self._assert_valid_dtypes(
+            [v for g, v in grads_and_vars if g is not None and v.dtype != tf.resource]
+        )
+        return grads_and_vars
+
+    def apply_gradients(
+        self,
+        grads_and_vars: Iterable[tuple[Any, Any]],
+        name: str | None = None,
+        experimental_aggregate_gradients: bool = True,
+    ):
+        """Applies gradients to variables and increments `iterations`.
+
+        Under a ``tf.distribute`` strategy gradients are summed across replicas,
+        unless ``experimental_aggregate_gradients=False`` (then they are used as
+        given). Every pair is checked before any variable changes: a wrong dtype
+        or shape raises and leaves all variables as they were.
+        """
+        grads_and_vars = gradients_lib.as_pairs(grads_and_vars)
+        grads_and_vars = gradients_lib.filter_empty_gradients(grads_and_vars)
+        grads_and_vars = gradients_lib.check_gradients(grads_and_vars, self._valid_dtypes())
+        var_list = [v for _, v in grads_and_vars]
+        with tf.name_scope(self._name):
+            with tf.init_scope():
+                self._create_all_weights(var_list)
+            if tf.distribute.in_cross_replica_context():
+                raise RuntimeError(
+                    "`apply_gradients() cannot be called in cross-replica context. Use "
+                    "`tf.distribute.Strategy.run` to enter replica context."
+                )
+            strategy = tf.distribute.get_strategy()
+            if not experimental_aggregate_gradients and isinstance(
+                strategy,
+                (
+                    tf.compat.v1.distribute.experimental.ParameterServerStrategy,
+                    tf.distribute.experimental.ParameterServerStrategy,
+                    tf.distribute.experimental.CentralStorageStrategy,
+                    tf.compat.v1.distribute.experimental.CentralStorageStrategy,
+                ),
+            ):
+                raise NotImplementedError(
+                    "`experimental_aggregate_gradients=False` is not supported for "
+                    f"ParameterServerStrategy and CentralStorageStrategy. Used: {strategy}."
+                )
+            apply_state = self._prepare(var_list)
+            if experimental_aggregate_gradients:
+                grads_and_vars = self._transform_unaggregated_gradients(grads_and_vars)
+                grads_and_vars = self._aggregate_gradients(grads_and_vars)
+            grads_and_vars = self._transform_gradients(grads_and_vars)
+            return tf.__internal__.distribute.interim.maybe_merge_call(
+                functools.partial(self._distributed_apply, apply_state=apply_state),
+                strategy,
+                grads_and_vars,
+                name=name,
+            )
+
+    def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
+        """Applies each gradient under ``distribution.extended.update``."""
+        eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
+        apply_one = functools.partial(self._apply_one, apply_state=apply_state)
+        update_ops = []
+        with _name_scope_in_graph(name or self._name):
+            for grad, var in grads_and_vars:
+                with distribution.extended.colocate_vars_with(var):
+                    scope = "update" if eager_outside else "update_" + var.op.name
+                    with _name_scope_in_graph(scope):
+                        update_op = distribution.extended.update(
+                            var, apply_one, args=(grad,), group=False
+                        )
+                        if tf.distribute.in_cross_replica_context():
+                            update_ops.extend(update_op)
+                        else:
+                            update_ops.append(update_op)
+            symbolic = any(_is_symbolic(op) for op in update_ops)
+            if not tf.executing_eagerly() or symbolic:
+                graph = _graph_of(update_ops)
+                with graph.as_default(), tf.control_dependencies([tf.group(update_ops)]):
+                    return self.iterations.assign_add(1, read_value=False)
+            return self.iterations.assign_add(1)
+
+    def _apply_one(self, var, grad, apply_state):
+        """Updates one (replica-local) variable with its gradient."""
+        if isinstance(var, tf.Tensor):
+            raise NotImplementedError(f"Updating a `Tensor` is not implemented. Received: var={var}.")
+        kwargs = {}
+        if isinstance(grad, tf.IndexedSlices):
+            if var.constraint is not None:
+                raise RuntimeError(
+                    f"Cannot use a constraint function on a sparse variable: variable "
+                    f"{var.name} has constraint {var.constraint} and received IndexedSlices."
+                )
+            if _accepts_apply_state(type(self)._resource_apply_sparse):
+                kwargs["apply_state"] = apply_state
+            return self._resource_apply_sparse_duplicate_indices(
+                grad.values, var, grad.indices, **kwargs
+            )
+        if _accepts_apply_state(type(self)._resource_apply_dense):
+            kwargs["apply_state"] = apply_state
+        update_op = self._resource_apply_dense(grad, var, **kwargs)
+        if var.constraint is None:
+            return update_op
+        with tf.control_dependencies([update_op]):
+            return var.assign(var.constraint(var))
+
+    def build(self, var_list: Iterable[Any]) -> None:
+        """Creates `iterations`, the hyperparameter variables and the slots of ``var_list``.
+
+        Optional: `apply_gradients` does this on its first call. Building ahead
+        lets a checkpoint restore into existing slots, and a SavedModel include them.
+        """
+        var_list = [variables_lib.unwrap_variable(v) for v in tf.nest.flatten(var_list)]
+        with tf.name_scope(self._name), tf.init_scope():
+            self._create_all_weights(var_list)
+
+    # ---------------------------------------------------------- hyperparameters
+    def _set_hyper(self, name: str, value: Any) -> None:
+        """Sets hyperparameter ``name``: replaces it, or assigns into its variable."""
+        if isinstance(value, tf.__internal__.tracking.Trackable):
+            self._track_trackable(value, name, overwrite=True)
+        previous = self._hyper.get(name)
+        if (
+            name not in self._hyper
+            or hyperparameters.is_replaceable(previous)
+            or hyperparameters.is_schedule(value)
+        ):
+            self._hyper[name] = value
+        elif tf.is_tensor(value):
+            previous.assign(tf.cast(value, previous.dtype))
+        else:
+            previous.assign(value)
+
+    def _get_hyper(self, name: str, dtype: tf.DType | None = None):
+        """The value of hyperparameter ``name`` (schedules are returned as they are)."""
+        if not self._hypers_created:
+            self._create_hypers()
+        value = self._hyper[name]
+        if hyperparameters.is_schedule(value):
+            return value
+        if callable(value):
+            value = value()
+        if dtype:
+            return tf.cast(value, dtype)
+        return value
+
+    def _create_hypers(self) -> None:
+        """Turns numeric hyperparameters into scalar float32 variables (once)."""
+        if self._hypers_created:
+            return
+        with tf.init_scope(), self._distribution_strategy_scope():
+            for name, value in sorted(self._hyper.items()):
+                if isinstance(value, (tf.Tensor, tf.Variable)) or callable(value):
+                    continue
+                self._hyper[name] = self.add_weight(
+                    name,
+                    shape=[],
+                    trainable=False,
+                    initializer=value,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+        self._hypers_created = True
+
+    def _serialize_hyperparameter(self, name: str):
+        """Config value of a hyperparameter: a number, or a schedule's config dict."""
+        value = self._hyper[name]
+        if hyperparameters.is_schedule(value):
+            return hyperparameters.serialize_schedule(value)
+        if callable(value):
+            return value()
+        if tf.is_tensor(value) or isinstance(value, tf.Variable):
+            return variables_lib.batch_get_value([value])[0]
+        return value
+
+    def _decayed_lr(self, var_dtype: tf.DType):
+        """The learning rate at this step as a tensor of ``var_dtype``.
+
+        Schedules are evaluated at ``iterations`` (the count before this step's
+        increment); legacy ``decay`` divides by ``1 + decay * iterations``.
+        """
+        lr_t = self._get_hyper("learning_rate", var_dtype)
+        if hyperparameters.is_schedule(lr_t):
+            local_step = tf.cast(self.iterations, var_dtype)
+            lr_t = tf.cast(lr_t(local_step), var_dtype)
+        if self._initial_decay > 0.0:
+            local_step = tf.cast(self.iterations, var_dtype)
+            decay_t = tf.cast(self._initial_decay, var_dtype)
+            lr_t = lr_t / (1.0 + decay_t * local_step)
+        return lr_t
+
+    def __getattr__(self, name: str):
+        # Only called when normal lookup fails: exposes hyperparameters as attributes.
+        hyper = self.__dict__.get("_hyper")
+        if hyper is not None and name != "_hyper":
+            key = "learning_rate" if name == "lr" else name
+            if key in hyper:
+                return self._get_hyper(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __dir__(self):
+        names = set(super().__dir__())
+        hyper = self.__dict__.get("_hyper", {})
+        names |= set(hyper)
+        if "learning_rate" in hyper:
+            names.add("lr")
+        return sorted(names)
+
+    def __setattr__(self, name: str, value: Any):
+        if name == "lr":
+            name = "learning_rate"
+        hyper = self.__dict__.get("_hyper")
+        if hyper is not None and name in hyper:
+            self._set_hyper(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------- weights
+    @property
+    def iterations(self) -> tf.Variable:
+        """The number of steps this optimizer has applied (int64 variable ``iter``)."""
+        if self._iterations is None:
+            with tf.init_scope(), self._distribution_strategy_scope():
+                self._iterations = self.add_weight(
+                    "iter",
+                    shape=[],
+                    dtype=tf.int64,
+                    trainable=False,
+                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                )
+            self._weights.append(self._iterations)
+        return self._iterations
+
+    @iterations.setter
+    def iterations(self, variable: tf.Variable):
+        if self._iterations is not None:
+            raise RuntimeError(
+                "Cannot set `iterations` to a new Variable after the Optimizer weights have "
+                f"been created. Here it is attempting to set `iterations` to {variable}."
+            )
+        self._iterations = variable
+        self._weights.append(self._iterations)
+
+    def add_weight(
+        self,
+        name: str,
+        shape,
+        dtype=None,
+        initializer="zeros",
+        trainable=None,
+        synchronization=tf.VariableSynchronization.AUTO,
+        aggregation=tf.VariableAggregation.NONE,
+    ) -> tf.Variable:
+        """Creates a variable tracked by name in checkpoints (``iter``, hyperparameters)."""
+        if synchronization == tf.VariableSynchronization.ON_READ:
+            if trainable:
+                raise ValueError(
+                    "Synchronization value can be set to VariableSynchronization.ON_READ "
+                    "only for non-trainable variables."
+                )
+            trainable = False
+        elif trainable is None:
+            trainable = True
+        return self._add_variable_with_custom_getter(
+            name=name,
+            shape=shape,
+            getter=variables_lib.make_variable,
+            overwrite=True,
+            initializer=initializer,
+            dtype=tf.as_dtype(dtype or tf.float32),
+            trainable=trainable,
+            synchronization=synchronization,
+            aggregation=aggregation,
+        )
+
+    def _create_all_weights(self, var_list):
+        """Creates iterations, hyperparameters and any slots not created yet."""
+        _ = self.iterations
+        self._create_hypers()
+        new_vars = [v for v in var_list if variables_lib.var_key(v) not in self._vars_with_slots]
+        if new_vars:
+            self._create_slots(new_vars)
+            self._create_slots_for_sharded_variables(new_vars)
+            self._vars_with_slots.update(variables_lib.var_key(v) for v in new_vars)
+
+    @property
+    def weights(self) -> list[tf.Variable]:
+        """The optimizer's variables in creation order (``iter`` first)."""
+        return self._weights
+
+    def variables(self) -> list[tf.Variable]:
+        """The optimizer's variables in creation order (``iter`` first)."""
+        return self._weights
+
+    def get_weights(self) -> list:
+        """Values of `weights` as numpy arrays."""
+        return variables_lib.batch_get_value(self.weights)
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Sets `weights` from numpy arrays; checks length and every shape first."""
+        params = self.weights
+        if len(params) != len(weights):
+            raise ValueError(
+                f"You called `set_weights(weights)` on optimizer {self._name} with a weight "
+                f"list of length {len(weights)}, but the optimizer was expecting "
+                f"{len(params)} weights. Provided weights: {str(weights)[:50]}..."
+            )
+        if not params:
+            return
+        pairs = []
+        for param, value in zip(params, weights):
+            shape = tuple(tf.TensorShape(param.shape).as_list())
+            value_shape = tuple(np.shape(value))
+            if shape != value_shape:
+                raise ValueError(
+                    f"Optimizer weight {param.name} has shape {shape}, not compatible with "
+                    f"provided weight shape {value_shape}."
+                )
+            pairs.append((param, value))
+        variables_lib.batch_set_value(pairs)
+
+    # --------------------------------------------------------------------- slots
+    def _create_slots(self, var_list):
+        """Creates the slots of ``var_list`` with `add_slot` (subclasses)."""
+
+    def _create_slots_for_sharded_variables(self, var_list):
+        """Registers ShardedVariable containers so `get_slot` can rebuild their slots."""
+        sharded = {}
+        for var in var_list:
+            container = getattr(var, "_sharded_container", None)
+            if container:
+                sharded_var = container()
+                sharded[id(sharded_var)] = sharded_var
+        for sharded_var in sharded.values():
+            self._slots[variables_lib.var_key(sharded_var)] = {
+                slot: sharded_var for slot in self.get_slot_names()
+            }
+
+    def get_slot_names(self) -> list[str]:
+        """Slot names in creation order."""
+        return self._slot_names
+
+    def add_slot(self, var, slot_name: str, initializer="zeros", shape=None) -> tf.Variable:
+        """Creates (once) the slot ``slot_name`` of ``var``, named ``<var>/<slot_name>``.
+
+        ``initializer`` is ``"zeros"``/``"ones"``, a callable ``(shape, dtype)``
+        or an initial value. The slot takes the variable's stored dtype, is
+        colocated with it and, under a strategy, is a distributed variable.
+        """
+        var = variables_lib.unwrap_variable(var)
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        slot_dict = self._slots.setdefault(variables_lib.var_key(var), {})
+        weight = slot_dict.get(slot_name)
+        if weight is not None:
+            return weight
+        dtype = variables_lib.variable_dtype(var)
+        if isinstance(initializer, str) or callable(initializer):
+            initializer = variables_lib.get_initializer(initializer)
+            from_checkpoint = isinstance(
+                initializer, tf.__internal__.tracking.CheckpointInitialValueCallable
+            )
+            slot_shape = shape if (from_checkpoint or shape is not None) else var.shape
+            initial_value = functools.partial(initializer, shape=slot_shape, dtype=dtype)
+        else:
+            initial_value = initializer
+        with self._distribution_strategy_scope():
+            strategy = tf.distribute.get_strategy()
+            if not strategy.extended.variable_created_in_scope(var):
+                raise ValueError(
+                    f"Trying to create optimizer slot variable under the scope for "
+                    f"tf.distribute.Strategy ({strategy}), which is different from the scope "
+                    f"used for the original variable ({var}). Make sure the slot variables "
+                    "are created under the same strategy scope. This may happen if you're "
+                    "restoring from a checkpoint outside the scope."
+                )
+            with strategy.extended.colocate_vars_with(var):
+                weight = tf.Variable(
+                    name=f"{var._shared_name}/{slot_name}",
+                    dtype=dtype,
+                    trainable=False,
+                    initial_value=initial_value,
+                )
+        slot_dict[slot_name] = weight
+        self._restore_slot_variable(slot_name=slot_name, variable=var, slot_variable=weight)
+        self._weights.append(weight)
+        return weight
+
+    def get_slot(self, var, slot_name: str):
+        """The slot ``slot_name`` of ``var`` (a ShardedVariable for sharded variables)."""
+        slot = self._slots[variables_lib.var_key(var)][slot_name]
+        if isinstance(slot, tf.__internal__.distribute.ShardedVariable):
+            shards = [self.get_slot(shard, slot_name) for shard in slot.variables]
+            slot = tf.__internal__.distribute.ShardedVariable(shards, name=slot.name)
+        return slot
+
+    # ------------------------------------------------------------------- prepare
+    def _prepare(self, var_list):
+        """Computes coefficients once per (device, dtype) of ``var_list``."""
+        keys = set()
+        for var in var_list:
+            devices = (
+                var._devices if isinstance(var, tf.distribute.DistributedValues) else [var.device]
+            )
+            for device in devices:
+                keys.add((device, var.dtype.base_dtype))
+        apply_state = {}
+        for device, dtype in keys:
+            apply_state[(device, dtype)] = {}
+            with tf.device(device):
+                self._prepare_local(device, dtype, apply_state)
+        return apply_state
+
+    def _prepare_local(self, var_device, var_dtype, apply_state):
+        """Fills ``apply_state[(var_device, var_dtype)]`` (subclasses extend it)."""
+        if "learning_rate" in self._hyper:
+            lr_t = tf.identity(self._decayed_lr(var_dtype))
+            apply_state[(var_device, var_dtype)]["lr_t"] = lr_t
+
+    def _fallback_apply_state(self, var_device, var_dtype):
+        """Coefficients for callers that do not pass ``apply_state`` through."""
+        apply_state = {(var_device, var_dtype): {}}
+        self._prepare_local(var_device, var_dtype, apply_state)
+        return apply_state[(var_device, var_dtype)]
+
+    def _coefficients(self, var, apply_state) -> dict:
+        """The coefficients prepared for ``var``'s (device, dtype)."""
+        device, dtype = var.device, var.dtype.base_dtype
+        return (apply_state or {}).get((device, dtype)) or self._fallback_apply_state(
+            device, dtype
+        )
+
+    # ------------------------------------------------------------- update hooks
+    def _resource_apply_dense(self, grad, handle, apply_state):
+        """Updates ``handle`` with the dense gradient ``grad`` (subclasses)."""
+        raise NotImplementedError("`_resource_apply_dense` must be implemented in subclasses.")
+
+    def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
+        """Sparse update with possibly repeated ``indices``: sums them, then applies."""
+        summed_grad, unique_indices = deduplicate_indexed_slices(values=grad, indices=indices)
+        return self._resource_apply_sparse(summed_grad, handle, unique_indices, **kwargs)
+
+    def _resource_apply_sparse(self, grad, handle, indices, apply_state):
+        """Updates rows ``indices`` (unique) of ``handle`` with ``grad`` (subclasses)."""
+        raise NotImplementedError("`_resource_apply_sparse` Must be implemented in subclasses.")
+
+    def _resource_scatter_add(self, x, i, v):
+        with tf.control_dependencies(
+            [tf.raw_ops.ResourceScatterAdd(resource=x.handle, indices=i, updates=v)]
+        ):
+            return x.value()
+
+    def _resource_scatter_update(self, x, i, v):
+        with tf.control_dependencies(
+            [tf.raw_ops.ResourceScatterUpdate(resource=x.handle, indices=i, updates=v)]
+        ):
+            return x.value()
+
+    # ------------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        """The constructor arguments of this optimizer (subclasses extend it)."""
+        config = {"name": self._name}
+        if self.clipnorm is not None:
+            config["clipnorm"] = self.clipnorm
+        if self.clipvalue is not None:
+            config["clipvalue"] = self.clipvalue
+        if self.global_clipnorm is not None:
+            config["global_clipnorm"] = self.global_clipnorm
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None):
+        """Rebuilds an optimizer from `get_config` output (schedules as dicts)."""
+        config = dict(config)
+        if "lr" in config:
+            config["learning_rate"] = config.pop("lr")
+        for key, value in config.items():
+            if hyperparameters.looks_like_serialized_schedule(value):
+                config[key] = hyperparameters.deserialize_schedule(value, custom_objects)
+        return cls(**config)
+
+    # ---------------------------------------------------------------- helpers
+    def _init_set_name(self, name, zero_based=True):
+        if name:
+            self._name = name
+            return
+        base = _snake_case(type(self).__name__)
+        index = next(_NAME_COUNTS.setdefault(base, itertools.count(0 if zero_based else 1)))
+        self._name = base if index == 0 else f"{base}_{index}"
+
+    def _assert_valid_dtypes(self, tensors):
+        valid = self._valid_dtypes()
+        for tensor in tensors:
+            dtype = tensor.dtype.base_dtype
+            if dtype not in valid:
+                raise gradients_lib.InvalidGradientError(
+                    f"Invalid type {dtype.name} for {tensor.name}, expected: "
+                    f"{sorted(d.name for d in valid)}."
+                )
+
+    def _valid_dtypes(self):
+        """Dtypes of variables and gradients this optimizer accepts."""
+        return _DEFAULT_VALID_DTYPES
+
+    def _call_if_callable(self, param):
+        return param() if callable(param) else param
+
+    @contextlib.contextmanager
+    def _distribution_strategy_scope(self):
+        """Enters the strategy this optimizer was created under, if not inside one."""
+        if self._distribution_strategy and not tf.distribute.has_strategy():
+            with self._distribution_strategy.scope():
+                yield
+        else:
+            yield
+
+    # ------------------------------------------------ checkpoint slot restoring
+    def _restore_slot_variable(self, slot_name, variable, slot_variable):
+        """Applies checkpoint values that were waiting for this slot to exist."""
+        key = variables_lib.var_key(variable)
+        positions = self._deferred_slot_restorations.get(slot_name, {}).pop(key, [])
+        positions.sort(key=lambda position: position.restore_uid, reverse=True)
+        for position in positions:
+            position.restore(slot_variable)
+
+    def _create_or_restore_slot_variable(
+        self, slot_variable_position, slot_name, variable, slot_variable_shape=None
+    ):
+        """Called by checkpoint restore for each slot value found in a checkpoint.
+
+        Returns the slot variable to restore into. Eagerly, a missing slot is
+        created with the checkpoint value as initial value; otherwise the
+        restoration is deferred until `add_slot` creates the slot.
+        """
+        key = variables_lib.var_key(variable)
+        slot_variable = self._slots.get(key, {}).get(slot_name)
+        if (
+            slot_variable is None
+            and tf.executing_eagerly()
+            and slot_variable_position.is_simple_variable()
+            and (
+                not tf.compat.v1.get_default_graph()._variable_creator_stack
+                or self._distribution_strategy
+            )
+        ):
+            initializer = tf.__internal__.tracking.CheckpointInitialValueCallable(
+                checkpoint_position=slot_variable_position
+            )
+            if slot_variable_shape is None:
+                slot_variable_shape = slot_variable_position.value_shape()
+            slot_variable = self.add_slot(
+                var=variable,
+                initializer=initializer,
+                slot_name=slot_name,
+                shape=slot_variable_shape,
+            )
+        if slot_variable is None:
+            self._deferred_slot_restorations.setdefault(slot_name, {}).setdefault(
+                key, []
+            ).append(slot_variable_position)
+            return None
+        if slot_variable is variable and isinstance(
+            variable, tf.__internal__.distribute.ShardedVariable
+        ):
+            return self.get_slot(variable, slot_name)
+        return slot_variable
+
+
+def _is_symbolic(value) -> bool:
+    return isinstance(value, tf.Operation) or (
+        isinstance(value, tf.Tensor) and not isinstance(value, _EagerTensor)
+    )
+
+
+def _graph_of(ops):
+    for op in ops:
+        graph = getattr(op, "graph", None)
+        if graph is not None:
+            return graph
+    return tf.compat.v1.get_default_graph()

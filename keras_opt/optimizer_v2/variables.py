@@ -1,0 +1,149 @@
+"""Variable plumbing shared by the optimizer base: keys, unwrapping, creation.
+
+The optimizer accepts every variable a TensorFlow user trains:
+
+* ``tf.Variable`` (resource variables, ``AutoCastVariable`` of mixed precision);
+* distributed variables (``MirroredVariable``, ``CachingVariable`` of
+  ParameterServerStrategy, the shards of a ``ShardedVariable``);
+* Keras 3 ``keras.Variable`` on the TensorFlow backend, which wraps a
+  ``tf.Variable`` in ``._value`` and is not itself a ``tf.Variable``.
+
+``unwrap_variable`` maps the Keras 3 wrapper to the ``tf.Variable`` that the raw
+training kernels update; ``var_key`` gives the key under which slots are stored,
+identical for a variable and every wrapper of it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+import tensorflow as tf
+
+
+def unwrap_variable(var: Any) -> Any:
+    """Returns the ``tf.Variable`` behind ``var`` (Keras 3 variables wrap one)."""
+    if isinstance(var, tf.Variable):
+        return var
+    inner = getattr(var, "_value", None)
+    if isinstance(inner, tf.Variable):
+        return inner
+    return var
+
+
+def is_variable(var: Any) -> bool:
+    """True for objects the optimizer can update in place."""
+    var = unwrap_variable(var)
+    if isinstance(var, tf.Variable):
+        return True
+    # Resource-variable look-alikes (e.g. wrappers that delegate `.handle`).
+    return isinstance(getattr(var, "dtype", None), tf.DType) and hasattr(var, "handle")
+
+
+def var_key(var: Any) -> Any:
+    """Key under which the slots of ``var`` are stored.
+
+    Replicas and wrappers of one variable share the key of their container; in
+    graph mode the variable's shared name is used, eagerly its unique id.
+    """
+    var = unwrap_variable(var)
+    if hasattr(var, "_distributed_container"):
+        var = var._distributed_container()
+    elif (
+        isinstance(var, tf.__internal__.CompositeTensor)
+        and hasattr(var, "handle")
+        and hasattr(var.handle, "_distributed_container")
+    ):
+        var = var.handle._distributed_container()
+    if getattr(var, "_in_graph_mode", False):
+        return var._shared_name
+    return var._unique_id
+
+
+def variable_dtype(var: Any) -> tf.DType:
+    """The dtype a slot of ``var`` takes: the stored dtype, not an autocast one."""
+    var = unwrap_variable(var)
+    return tf.as_dtype(getattr(var, "true_dtype", None) or var.dtype)
+
+
+def variable_name(var: Any) -> str:
+    """A readable name for error messages."""
+    return str(getattr(var, "name", None) or getattr(var, "path", None) or repr(var)[:80])
+
+
+_NAMED_INITIALIZERS: dict[str, Callable[..., Any]] = {
+    "zeros": tf.zeros_initializer(),
+    "ones": tf.ones_initializer(),
+}
+
+
+def get_initializer(initializer: Any) -> Any:
+    """Resolves ``"zeros"``/``"ones"`` to initializers; callables pass through."""
+    if isinstance(initializer, str):
+        try:
+            return _NAMED_INITIALIZERS[initializer.lower()]
+        except KeyError:
+            raise ValueError(
+                f"Unknown initializer {initializer!r}: expected one of "
+                f"{sorted(_NAMED_INITIALIZERS)} or a callable (shape, dtype) -> tensor."
+            ) from None
+    return initializer
+
+
+def make_variable(
+    name: str,
+    shape: Any = None,
+    dtype: Any = tf.float32,
+    initializer: Any = None,
+    trainable: bool = False,
+    synchronization: tf.VariableSynchronization = tf.VariableSynchronization.AUTO,
+    aggregation: tf.VariableAggregation = tf.VariableAggregation.NONE,
+) -> tf.Variable:
+    """Getter for ``Trackable._add_variable_with_custom_getter``.
+
+    ``initializer`` is either a value (Python number, array, tensor) or a
+    callable ``(shape, dtype) -> tensor``, which includes the checkpoint
+    initializer that Trackable substitutes when a restore is pending.
+    """
+    initializer = get_initializer(initializer)
+    if callable(initializer):
+        initial_value = functools.partial(initializer, shape, dtype=dtype)
+    else:
+        initial_value = initializer
+    return tf.Variable(
+        initial_value=initial_value,
+        name=name,
+        dtype=dtype,
+        trainable=trainable,
+        synchronization=synchronization,
+        aggregation=aggregation,
+    )
+
+
+def _in_session_graph() -> bool:
+    return not tf.compat.v1.executing_eagerly_outside_functions()
+
+
+def batch_get_value(variables: list[Any]) -> list[np.ndarray]:
+    """Reads variables as numpy arrays, eagerly or through the default session."""
+    if not variables:
+        return []
+    if _in_session_graph():
+        return tf.compat.v1.get_default_session().run(list(variables))
+    return [v.numpy() for v in variables]
+
+
+def batch_set_value(pairs: list[tuple[Any, Any]]) -> None:
+    """Assigns numpy values to variables, eagerly or through the default session."""
+    if _in_session_graph():
+        session = tf.compat.v1.get_default_session()
+        ops, feed = [], {}
+        for var, value in pairs:
+            placeholder = tf.compat.v1.placeholder(var.dtype.base_dtype, shape=np.shape(value))
+            ops.append(var.assign(placeholder))
+            feed[placeholder] = value
+        session.run(ops, feed_dict=feed)
+        return
+    for var, value in pairs:
+        var.assign(np.asarray(value, dtype=var.dtype.as_numpy_dtype))
