@@ -41,7 +41,7 @@ class Adagrad(optimizer_v2.OptimizerV2):
     ):
         if initial_accumulator_value < 0.0:
             raise ValueError(
-                "initial_accumulator_value must be non-negative: %s" % initial_accumulator_value
+                f"initial_accumulator_value must be non-negative: {initial_accumulator_value}"
             )
         super().__init__(name, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))

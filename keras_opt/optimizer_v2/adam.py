@@ -123,27 +123,30 @@ class Adam(optimizer_v2.OptimizerV2):
         return var.assign_sub(m_t * alpha / (tf.sqrt(v_t) + coef["epsilon"]), read_value=False)
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        # Ops are created in tf_keras's order: graph rewrites depend on it, and
+        # bit-for-bit parity inside tf.function needs the same graph.
         coef = self._coefficients(var, apply_state)
         m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        m_scaled_g_values = grad * coef["one_minus_beta_1_t"]
         m_t = tf.compat.v1.assign(m, m * coef["beta_1_t"], use_locking=self._use_locking)
         with tf.control_dependencies([m_t]):
-            m_t = self._resource_scatter_add(m, indices, grad * coef["one_minus_beta_1_t"])
+            m_t = self._resource_scatter_add(m, indices, m_scaled_g_values)
+        v_scaled_g_values = grad * grad * coef["one_minus_beta_2_t"]
         v_t = tf.compat.v1.assign(v, v * coef["beta_2_t"], use_locking=self._use_locking)
         with tf.control_dependencies([v_t]):
-            v_t = self._resource_scatter_add(v, indices, grad * grad * coef["one_minus_beta_2_t"])
+            v_t = self._resource_scatter_add(v, indices, v_scaled_g_values)
         updated = [m_t, v_t]
-        denom_base = v_t
+        denominator = v_t
         if self.amsgrad:
             v_hat = self.get_slot(var, "vhat")
             v_hat_t = tf.maximum(v_hat, v_t)
             with tf.control_dependencies([v_hat_t]):
                 v_hat_t = tf.compat.v1.assign(v_hat, v_hat_t, use_locking=self._use_locking)
             updated.append(v_hat_t)
-            denom_base = v_hat_t
+            denominator = v_hat_t
+        v_sqrt = tf.sqrt(denominator)
         var_update = tf.compat.v1.assign_sub(
-            var,
-            coef["lr"] * m_t / (tf.sqrt(denom_base) + coef["epsilon"]),
-            use_locking=self._use_locking,
+            var, coef["lr"] * m_t / (v_sqrt + coef["epsilon"]), use_locking=self._use_locking
         )
         return tf.group(var_update, *updated)
 
@@ -170,4 +173,3 @@ class NonFusedAdam(Adam):
     """
 
     _fused = False
-

@@ -7,7 +7,8 @@ With ``t = iterations + 1``::
     var <- var - lr / (1 - beta_1^t) * m / (v + epsilon)
 
 Slots, in this order for all variables: ``"m"``, ``"v"``. Dense updates run
-``ResourceApplyAdaMax``; sparse updates gather, update and scatter the rows.
+``ResourceApplyAdaMax`` (plain ops for bfloat16, which has no kernel); sparse
+updates gather, update and scatter the rows.
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class Adamax(optimizer_v2.OptimizerV2):
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
         coef = self._coefficients(var, apply_state)
+        if var.dtype.base_dtype == tf.bfloat16:
+            # TF registers no bfloat16 AdaMax kernel (tf_keras fails there).
+            m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+            m_t = m.assign(m * coef["beta_1_t"] + grad * coef["one_minus_beta_1_t"])
+            v_t = v.assign(tf.maximum(v * coef["beta_2_t"], tf.abs(grad)))
+            return var.assign_add(coef["neg_scaled_lr"] * m_t / (v_t + coef["epsilon"]))
         return tf.raw_ops.ResourceApplyAdaMax(
             var=var.handle,
             m=self.get_slot(var, "m").handle,

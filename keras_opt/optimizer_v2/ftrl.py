@@ -51,19 +51,16 @@ class Ftrl(optimizer_v2.OptimizerV2):
         **kwargs,
     ):
         super().__init__(name, **kwargs)
-        for arg, value, ok, requirement in (
-            ("initial_accumulator_value", initial_accumulator_value, initial_accumulator_value >= 0.0, "positive or zero"),
-            ("learning_rate_power", learning_rate_power, learning_rate_power <= 0.0, "negative or zero"),
-            ("l1_regularization_strength", l1_regularization_strength, l1_regularization_strength >= 0.0, "positive or zero"),
-            ("l2_regularization_strength", l2_regularization_strength, l2_regularization_strength >= 0.0, "positive or zero"),
-            (
-                "l2_shrinkage_regularization_strength",
-                l2_shrinkage_regularization_strength,
-                l2_shrinkage_regularization_strength >= 0.0,
-                "positive or zero",
-            ),
-        ):  # fmt: skip
-            if not ok:
+        checks = {
+            "initial_accumulator_value": (initial_accumulator_value, 1),
+            "learning_rate_power": (learning_rate_power, -1),
+            "l1_regularization_strength": (l1_regularization_strength, 1),
+            "l2_regularization_strength": (l2_regularization_strength, 1),
+            "l2_shrinkage_regularization_strength": (l2_shrinkage_regularization_strength, 1),
+        }
+        for arg, (value, sign) in checks.items():
+            if sign * value < 0.0:
+                requirement = "positive or zero" if sign > 0 else "negative or zero"
                 raise ValueError(f"`{arg}` needs to be {requirement}. Received: {arg}={value}.")
         self._set_hyper("learning_rate", learning_rate)
         self._set_hyper("decay", self._initial_decay)
@@ -115,7 +112,11 @@ class Ftrl(optimizer_v2.OptimizerV2):
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
         args = self._kernel_args(grad, var, apply_state)
-        kernel = tf.raw_ops.ResourceApplyFtrlV2 if "l2_shrinkage" in args else tf.raw_ops.ResourceApplyFtrl
+        kernel = (
+            tf.raw_ops.ResourceApplyFtrlV2
+            if "l2_shrinkage" in args
+            else tf.raw_ops.ResourceApplyFtrl
+        )
         return kernel(**args)
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):

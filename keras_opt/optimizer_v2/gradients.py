@@ -87,9 +87,7 @@ def filter_empty_gradients(grads_and_vars: GradsAndVars) -> GradsAndVars:
     return kept
 
 
-def check_gradients(
-    grads_and_vars: GradsAndVars, valid_dtypes: frozenset
-) -> GradsAndVars:
+def check_gradients(grads_and_vars: GradsAndVars, valid_dtypes: frozenset) -> GradsAndVars:
     """Validates every pair before anything is updated.
 
     Checks that each variable is a variable of a trainable float dtype and that
@@ -198,7 +196,9 @@ def clip_by_global_norm_stage(clipnorm: float) -> GradientStage:
     return stage
 
 
-def deduplicate_indexed_slices(values: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def deduplicate_indexed_slices(
+    values: tf.Tensor, indices: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Sums the rows of ``values`` that share an index.
 
     Returns ``(summed_values, unique_indices)`` with ``unique_indices`` in order

@@ -43,27 +43,14 @@ def is_schedule(value: Any) -> bool:
 
 def is_replaceable(value: Any) -> bool:
     """True when setting a new value replaces ``value`` instead of assigning into it."""
-    return (
-        callable(value)
-        or is_schedule(value)
-        or isinstance(value, (tf.Tensor, numbers.Number))
-    )
+    return callable(value) or is_schedule(value) or isinstance(value, (tf.Tensor, numbers.Number))
 
 
 def serialize_schedule(schedule: Any) -> dict:
-    """Config dict of a schedule, in tf_keras's format."""
-    own = _own_schedule_class()
-    if own is not None and isinstance(schedule, own):
-        from keras_opt import schedules
+    """Config dict of a schedule (ours or foreign), in tf_keras's format."""
+    from keras_opt import schedules
 
-        return schedules.serialize(schedule)
-    cls = type(schedule)
-    return {
-        "module": cls.__module__,
-        "class_name": cls.__name__,
-        "config": schedule.get_config(),
-        "registered_name": None,
-    }
+    return schedules.serialize(schedule)
 
 
 def looks_like_serialized_schedule(value: Any) -> bool:

@@ -73,7 +73,7 @@ def _name_scope_in_graph(name: str):
             yield
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepts_apply_state(function: Callable) -> bool:
     return "apply_state" in inspect.signature(function).parameters
 
@@ -346,7 +346,9 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
     def _apply_one(self, var, grad, apply_state):
         """Updates one (replica-local) variable with its gradient."""
         if isinstance(var, tf.Tensor):
-            raise NotImplementedError(f"Updating a `Tensor` is not implemented. Received: var={var}.")
+            raise NotImplementedError(
+                f"Updating a `Tensor` is not implemented. Received: var={var}."
+            )
         kwargs = {}
         if isinstance(grad, tf.IndexedSlices):
             if var.constraint is not None:
@@ -383,6 +385,15 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         if isinstance(value, tf.__internal__.tracking.Trackable):
             self._track_trackable(value, name, overwrite=True)
         previous = self._hyper.get(name)
+        if (
+            isinstance(previous, numbers.Number)
+            and tf.is_tensor(value)
+            and not self._hypers_created
+        ):
+            # A number is about to become a variable: create it and assign the
+            # tensor, rather than keep a tensor that may belong to a tf.function graph.
+            self._create_hypers()
+            previous = self._hyper[name]
         if (
             name not in self._hyper
             or hyperparameters.is_replaceable(previous)
@@ -688,9 +699,7 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
     def _coefficients(self, var, apply_state) -> dict:
         """The coefficients prepared for ``var``'s (device, dtype)."""
         device, dtype = var.device, var.dtype.base_dtype
-        return (apply_state or {}).get((device, dtype)) or self._fallback_apply_state(
-            device, dtype
-        )
+        return (apply_state or {}).get((device, dtype)) or self._fallback_apply_state(device, dtype)
 
     # ------------------------------------------------------------- update hooks
     def _resource_apply_dense(self, grad, handle, apply_state):
@@ -817,9 +826,9 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
                 shape=slot_variable_shape,
             )
         if slot_variable is None:
-            self._deferred_slot_restorations.setdefault(slot_name, {}).setdefault(
-                key, []
-            ).append(slot_variable_position)
+            self._deferred_slot_restorations.setdefault(slot_name, {}).setdefault(key, []).append(
+                slot_variable_position
+            )
             return None
         if slot_variable is variable and isinstance(
             variable, tf.__internal__.distribute.ShardedVariable

@@ -128,18 +128,21 @@ class RMSprop(optimizer_v2.OptimizerV2):
                 else tf.raw_ops.ResourceSparseApplyRMSProp
             )
             return kernel(indices=indices, **self._kernel_args(grad, var, coef))
+        # Ops are created in tf_keras's order (see Adam._resource_apply_sparse).
         rms = self.get_slot(var, "rms")
+        rms_scaled_g_values = grad * grad * coef["one_minus_rho"]
         rms_t = tf.compat.v1.assign(rms, rms * coef["rho"], use_locking=self._use_locking)
         with tf.control_dependencies([rms_t]):
-            rms_t = self._resource_scatter_add(rms, indices, grad * grad * coef["one_minus_rho"])
+            rms_t = self._resource_scatter_add(rms, indices, rms_scaled_g_values)
             rms_slice = tf.gather(rms_t, indices)
         denom_slice = rms_slice
         updated = [rms_t]
         if self.centered:
             mg = self.get_slot(var, "mg")
+            mg_scaled_g_values = grad * coef["one_minus_rho"]
             mg_t = tf.compat.v1.assign(mg, mg * coef["rho"], use_locking=self._use_locking)
             with tf.control_dependencies([mg_t]):
-                mg_t = self._resource_scatter_add(mg, indices, grad * coef["one_minus_rho"])
+                mg_t = self._resource_scatter_add(mg, indices, mg_scaled_g_values)
                 mg_slice = tf.gather(mg_t, indices)
                 denom_slice = rms_slice - tf.square(mg_slice)
             updated.append(mg_t)
