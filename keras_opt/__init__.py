@@ -1,0 +1,45 @@
+"""keras_opt: tf_keras's legacy OptimizerV2 optimizers, TensorFlow-native.
+
+The top level mirrors ``tf.keras.optimizers``: every optimizer class,
+``Optimizer`` (the ``OptimizerV2`` base), ``get``, ``serialize``,
+``deserialize`` and the ``schedules`` subpackage.
+"""
+
+from keras_opt import schedules
+from keras_opt.optimizer_v2 import (
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    Ftrl,
+    Nadam,
+    NonFusedAdam,
+    OptimizerV2,
+    RMSprop,
+)
+from keras_opt.optimizer_v2.rmsprop import RMSProp
+from keras_opt.serialization import deserialize, get, serialize
+
+Optimizer = OptimizerV2
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adadelta",
+    "Adagrad",
+    "Adam",
+    "Adamax",
+    "Ftrl",
+    "Nadam",
+    "NonFusedAdam",
+    "Optimizer",
+    "OptimizerV2",
+    "RMSProp",
+    "RMSprop",
+    "SGD",
+    "deserialize",
+    "get",
+    "schedules",
+    "serialize",
+]
