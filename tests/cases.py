@@ -1,0 +1,87 @@
+"""The table of optimizer configurations that drives the cross-cutting tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+# (class name, constructor kwargs). Learning rates are raised from the defaults so
+# that a few steps move the variables visibly.
+CASES = [
+    ("SGD", dict(learning_rate=0.1)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9, nesterov=True)),
+    ("Adam", dict(learning_rate=0.1)),
+    ("Adam", dict(learning_rate=0.1, amsgrad=True)),
+    ("Adamax", dict(learning_rate=0.1)),
+    ("Nadam", dict(learning_rate=0.1)),
+    ("Adagrad", dict(learning_rate=0.1)),
+    ("Adadelta", dict(learning_rate=1.0)),
+    ("RMSprop", dict(learning_rate=0.1)),
+    ("RMSprop", dict(learning_rate=0.1, momentum=0.5)),
+    ("RMSprop", dict(learning_rate=0.1, centered=True)),
+    ("RMSprop", dict(learning_rate=0.1, momentum=0.5, centered=True)),
+    ("Ftrl", dict(learning_rate=0.1)),
+    (
+        "Ftrl",
+        dict(
+            learning_rate=0.1,
+            learning_rate_power=-0.7,
+            l1_regularization_strength=0.01,
+            l2_regularization_strength=0.02,
+            beta=0.1,
+        ),
+    ),
+    ("Ftrl", dict(learning_rate=0.1, l2_shrinkage_regularization_strength=0.1)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9, decay=0.1)),
+    ("Adam", dict(learning_rate=0.1, decay=0.1)),
+]
+
+NAMES = sorted({name for name, _ in CASES})
+
+
+def case_id(case) -> str:
+    name, kwargs = case
+    return name + "".join(f"-{k}={v}" for k, v in kwargs.items() if k != "learning_rate")
+
+
+VAR_SHAPE = (5, 3)
+STEPS = 4
+
+
+def initial_values(dtype=np.float64):
+    """Start values of the two variables every test trains: a matrix and a vector."""
+    rng = np.random.default_rng(7)
+    return (
+        rng.uniform(-1, 1, VAR_SHAPE).astype(dtype),
+        rng.uniform(-1, 1, VAR_SHAPE[1:]).astype(dtype),
+    )
+
+
+def gradient_stream(sparse: bool, dtype=np.float64):
+    """STEPS steps of gradients: (matrix gradient, vector gradient).
+
+    Sparse matrix gradients are (values, indices) with a repeated index.
+    """
+    rng = np.random.default_rng(11)
+    out = []
+    for step in range(STEPS):
+        vec = rng.standard_normal(VAR_SHAPE[1:]).astype(dtype)
+        if sparse:
+            indices = np.array([step % 5, 3, (step + 2) % 5, 3], dtype=np.int64)
+            values = rng.standard_normal((4,) + VAR_SHAPE[1:]).astype(dtype)
+            out.append(((values, indices), vec))
+        else:
+            out.append((rng.standard_normal(VAR_SHAPE).astype(dtype), vec))
+    return out
+
+
+def to_tf_grad(grad, dtype):
+    if isinstance(grad, tuple):
+        values, indices = grad
+        return tf.IndexedSlices(
+            tf.constant(values, dtype=dtype),
+            tf.constant(indices),
+            dense_shape=tf.constant(VAR_SHAPE, dtype=tf.int64),
+        )
+    return tf.constant(grad, dtype=dtype)
