@@ -53,6 +53,11 @@ _NAME_COUNTS: dict[str, itertools.count] = {}
 
 deduplicate_indexed_slices = gradients_lib.deduplicate_indexed_slices
 
+# The optimizer's Python code has no tensor-dependent control flow: AutoGraph
+# would only slow tracing down by converting it (tf_keras is on AutoGraph's
+# do-not-convert list for the same reason).
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 def _snake_case(name: str) -> str:
     out = []
@@ -231,6 +236,7 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         return gradients_lib.apply_stages(grads_and_vars, self._gradient_stages())
 
     # ------------------------------------------------------- public training API
+    @_no_autograph
     def minimize(self, loss, var_list, grad_loss=None, name=None, tape=None):
         """Computes the gradients of ``loss`` and applies them to ``var_list``.
 
@@ -268,6 +274,7 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         )
         return grads_and_vars
 
+    @_no_autograph
     def apply_gradients(
         self,
         grads_and_vars: Iterable[tuple[Any, Any]],
@@ -369,6 +376,7 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         with tf.control_dependencies([update_op]):
             return var.assign(var.constraint(var))
 
+    @_no_autograph
     def build(self, var_list: Iterable[Any]) -> None:
         """Creates `iterations`, the hyperparameter variables and the slots of ``var_list``.
 
