@@ -13,7 +13,6 @@ Dense updates run ``ResourceApplyAdadelta``, sparse ones ``ResourceSparseApplyAd
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from keras_opt.optimizer_v2 import optimizer_v2
@@ -31,6 +30,7 @@ class Adadelta(optimizer_v2.OptimizerV2):
     """
 
     _HAS_AGGREGATE_GRAD = True
+    _WEIGHTS_MAY_LACK_ITERATIONS = True
 
     def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, name="Adadelta", **kwargs):
         super().__init__(name, **kwargs)
@@ -51,11 +51,6 @@ class Adadelta(optimizer_v2.OptimizerV2):
             rho=tf.identity(self._get_hyper("rho", var_dtype)),
         )
 
-    def set_weights(self, weights):
-        # Weights saved without the iteration count get one prepended.
-        if len(self.weights) == len(weights) + 1:
-            weights = [np.array(0)] + list(weights)
-        super().set_weights(weights)
 
     def _kernel_args(self, grad, var, apply_state):
         coef = self._coefficients(var, apply_state)

@@ -11,7 +11,6 @@ updates run ``ResourceApplyAdagradV2``, sparse ones ``ResourceSparseApplyAdagrad
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from keras_opt.optimizer_v2 import optimizer_v2
@@ -30,6 +29,7 @@ class Adagrad(optimizer_v2.OptimizerV2):
     """
 
     _HAS_AGGREGATE_GRAD = True
+    _WEIGHTS_MAY_LACK_ITERATIONS = True
 
     def __init__(
         self,
@@ -65,11 +65,6 @@ class Adagrad(optimizer_v2.OptimizerV2):
             zero=tf.zeros((), dtype=tf.int64),
         )
 
-    def set_weights(self, weights):
-        # Weights saved without the iteration count get one prepended.
-        if len(self.weights) == len(weights) + 1:
-            weights = [np.array(0)] + list(weights)
-        super().set_weights(weights)
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

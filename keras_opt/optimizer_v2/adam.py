@@ -123,18 +123,13 @@ class Adam(optimizer_v2.OptimizerV2):
         return var.assign_sub(m_t * alpha / (tf.sqrt(v_t) + coef["epsilon"]), read_value=False)
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
-        # Ops are created in tf_keras's order: graph rewrites depend on it, and
-        # bit-for-bit parity inside tf.function needs the same graph.
+        # Ops are created in tf_keras's order (see `_decayed_scatter_add`).
         coef = self._coefficients(var, apply_state)
         m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
         m_scaled_g_values = grad * coef["one_minus_beta_1_t"]
-        m_t = tf.compat.v1.assign(m, m * coef["beta_1_t"], use_locking=self._use_locking)
-        with tf.control_dependencies([m_t]):
-            m_t = self._resource_scatter_add(m, indices, m_scaled_g_values)
+        m_t = self._decayed_scatter_add(m, coef["beta_1_t"], indices, m_scaled_g_values)
         v_scaled_g_values = grad * grad * coef["one_minus_beta_2_t"]
-        v_t = tf.compat.v1.assign(v, v * coef["beta_2_t"], use_locking=self._use_locking)
-        with tf.control_dependencies([v_t]):
-            v_t = self._resource_scatter_add(v, indices, v_scaled_g_values)
+        v_t = self._decayed_scatter_add(v, coef["beta_2_t"], indices, v_scaled_g_values)
         updated = [m_t, v_t]
         denominator = v_t
         if self.amsgrad:

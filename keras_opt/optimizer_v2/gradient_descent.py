@@ -13,11 +13,9 @@ With momentum (slot ``"momentum"``, the velocity ``v``)::
 
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2
 
 
 class SGD(optimizer_v2.OptimizerV2):
@@ -38,12 +36,7 @@ class SGD(optimizer_v2.OptimizerV2):
         super().__init__(name, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
-        self._momentum = isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0
-        if isinstance(momentum, numbers.Real) and not 0 <= momentum <= 1:
-            raise ValueError(
-                f"`momentum` must be between [0, 1]. Received: momentum={momentum} "
-                f"(of type {type(momentum)})."
-            )
+        self._momentum = hyperparameters.uses_momentum(momentum)
         self._set_hyper("momentum", momentum)
         self.nesterov = nesterov
 

@@ -61,3 +61,16 @@ def deserialize_schedule(config: dict, custom_objects: dict | None = None) -> An
     from keras_opt import schedules
 
     return schedules.deserialize(config, custom_objects=custom_objects)
+
+
+def uses_momentum(momentum: Any) -> bool:
+    """Validates a momentum argument; True when it is (or may be) non-zero.
+
+    Numbers must lie in [0, 1]; tensors and callables are taken as momentum on.
+    """
+    if isinstance(momentum, numbers.Real) and not 0 <= momentum <= 1:
+        raise ValueError(
+            f"`momentum` must be between [0, 1]. Received: momentum={momentum} "
+            f"(of type {type(momentum)})."
+        )
+    return isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0

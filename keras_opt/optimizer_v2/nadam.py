@@ -125,20 +125,16 @@ class Nadam(optimizer_v2.OptimizerV2):
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         coef = self._coefficients(var, apply_state)
         m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
-        # Ops are created in tf_keras's order (see Adam._resource_apply_sparse).
+        # Ops are created in tf_keras's order (see `_decayed_scatter_add`).
         g_prime = grad / coef["one_minus_m_schedule_new"]
         m_scaled_g_values = grad * coef["one_minus_beta_1_t"]
-        m_t = tf.compat.v1.assign(m, m * coef["beta_1_t"], use_locking=self._use_locking)
-        with tf.control_dependencies([m_t]):
-            m_t = self._resource_scatter_add(m, indices, m_scaled_g_values)
-            m_t_slice = tf.gather(m_t, indices)
+        m_t = self._decayed_scatter_add(m, coef["beta_1_t"], indices, m_scaled_g_values)
+        m_t_slice = tf.gather(m_t, indices)
         m_t_prime = m_t_slice / coef["one_minus_m_schedule_next"]
         m_t_bar = coef["one_minus_m_t"] * g_prime + coef["m_t_1"] * m_t_prime
         v_scaled_g_values = grad * grad * coef["one_minus_beta_2_t"]
-        v_t = tf.compat.v1.assign(v, v * coef["beta_2_t"], use_locking=self._use_locking)
-        with tf.control_dependencies([v_t]):
-            v_t = self._resource_scatter_add(v, indices, v_scaled_g_values)
-            v_t_slice = tf.gather(v_t, indices)
+        v_t = self._decayed_scatter_add(v, coef["beta_2_t"], indices, v_scaled_g_values)
+        v_t_slice = tf.gather(v_t, indices)
         v_t_prime = v_t_slice / coef["v_t_prime_denominator"]
         denominator = tf.sqrt(v_t_prime) + coef["epsilon"]
         var_update = self._resource_scatter_add(

@@ -48,7 +48,6 @@ _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
 )
 _ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
-_EagerTensor = type(tf.constant(0))
 _NAME_COUNTS: dict[str, itertools.count] = {}
 
 deduplicate_indexed_slices = gradients_lib.deduplicate_indexed_slices
@@ -105,6 +104,8 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
     """
 
     _HAS_AGGREGATE_GRAD = False
+    # Accept `set_weights` lists saved without `iterations` (older Keras formats).
+    _WEIGHTS_MAY_LACK_ITERATIONS = False
 
     def __init__(
         self,
@@ -578,8 +579,14 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         return variables_lib.batch_get_value(self.weights)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Sets `weights` from numpy arrays; checks length and every shape first."""
+        """Sets `weights` from numpy arrays; checks length and every shape first.
+
+        Optimizers whose saved weights predate the iteration count
+        (``_WEIGHTS_MAY_LACK_ITERATIONS``) also accept a list without it.
+        """
         params = self.weights
+        if self._WEIGHTS_MAY_LACK_ITERATIONS and len(params) == len(weights) + 1:
+            weights = [np.array(0)] + list(weights)
         if len(params) != len(weights):
             raise ValueError(
                 f"You called `set_weights(weights)` on optimizer {self._name} with a weight "
@@ -729,6 +736,18 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         ):
             return x.value()
 
+    def _decayed_scatter_add(self, slot, decay, indices, values):
+        """``slot <- slot * decay``, then ``slot[indices] += values``; returns the new value.
+
+        The composite sparse paths (Adam, Nadam, RMSprop) decay a slot in full and
+        add the gradient rows, as tf_keras does. Callers compute ``values`` before
+        calling, which keeps tf_keras's op order (needed for bit-for-bit results
+        inside tf.function, where graph rewrites depend on it).
+        """
+        decayed = tf.compat.v1.assign(slot, slot * decay, use_locking=self._use_locking)
+        with tf.control_dependencies([decayed]):
+            return self._resource_scatter_add(slot, indices, values)
+
     def _resource_scatter_update(self, x, i, v):
         with tf.control_dependencies(
             [tf.raw_ops.ResourceScatterUpdate(resource=x.handle, indices=i, updates=v)]
@@ -846,9 +865,10 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
 
 
 def _is_symbolic(value) -> bool:
-    return isinstance(value, tf.Operation) or (
-        isinstance(value, tf.Tensor) and not isinstance(value, _EagerTensor)
-    )
+    # `tf.is_symbolic_tensor`, not `type(tf.constant(0))` at import: creating a
+    # tensor at import would initialize TensorFlow's context and forbid logical
+    # device and collective configuration after `import keras_opt`.
+    return isinstance(value, tf.Operation) or tf.is_symbolic_tensor(value)
 
 
 def _graph_of(ops):

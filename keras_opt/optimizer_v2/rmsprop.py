@@ -17,12 +17,9 @@ tf_keras. Slots, each for all variables in this order: ``"rms"``, then
 
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2
 
 
 class RMSprop(optimizer_v2.OptimizerV2):
@@ -39,6 +36,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
     """
 
     _HAS_AGGREGATE_GRAD = True
+    _WEIGHTS_MAY_LACK_ITERATIONS = True
 
     def __init__(
         self,
@@ -54,12 +52,7 @@ class RMSprop(optimizer_v2.OptimizerV2):
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
         self._set_hyper("rho", rho)
-        self._momentum = isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0
-        if isinstance(momentum, numbers.Real) and not 0 <= momentum <= 1:
-            raise ValueError(
-                f"`momentum` must be between [0, 1]. Received: momentum={momentum} "
-                f"(of type {type(momentum)})."
-            )
+        self._momentum = hyperparameters.uses_momentum(momentum)
         self._set_hyper("momentum", momentum)
         self.epsilon = epsilon or 1e-7
         self.centered = centered
@@ -128,34 +121,25 @@ class RMSprop(optimizer_v2.OptimizerV2):
                 else tf.raw_ops.ResourceSparseApplyRMSProp
             )
             return kernel(indices=indices, **self._kernel_args(grad, var, coef))
-        # Ops are created in tf_keras's order (see Adam._resource_apply_sparse).
+        # Ops are created in tf_keras's order (see `_decayed_scatter_add`).
         rms = self.get_slot(var, "rms")
         rms_scaled_g_values = grad * grad * coef["one_minus_rho"]
-        rms_t = tf.compat.v1.assign(rms, rms * coef["rho"], use_locking=self._use_locking)
-        with tf.control_dependencies([rms_t]):
-            rms_t = self._resource_scatter_add(rms, indices, rms_scaled_g_values)
-            rms_slice = tf.gather(rms_t, indices)
+        rms_t = self._decayed_scatter_add(rms, coef["rho"], indices, rms_scaled_g_values)
+        rms_slice = tf.gather(rms_t, indices)
         denom_slice = rms_slice
         updated = [rms_t]
         if self.centered:
             mg = self.get_slot(var, "mg")
             mg_scaled_g_values = grad * coef["one_minus_rho"]
-            mg_t = tf.compat.v1.assign(mg, mg * coef["rho"], use_locking=self._use_locking)
-            with tf.control_dependencies([mg_t]):
-                mg_t = self._resource_scatter_add(mg, indices, mg_scaled_g_values)
-                mg_slice = tf.gather(mg_t, indices)
-                denom_slice = rms_slice - tf.square(mg_slice)
+            mg_t = self._decayed_scatter_add(mg, coef["rho"], indices, mg_scaled_g_values)
+            mg_slice = tf.gather(mg_t, indices)
+            denom_slice = rms_slice - tf.square(mg_slice)
             updated.append(mg_t)
         var_update = self._resource_scatter_add(
             var, indices, coef["neg_lr_t"] * grad / (tf.sqrt(denom_slice) + coef["epsilon"])
         )
         return tf.group(var_update, *updated)
 
-    def set_weights(self, weights):
-        # Weights saved without the iteration count get one prepended.
-        if len(self.weights) == len(weights) + 1:
-            weights = [np.array(0)] + list(weights)
-        super().set_weights(weights)
 
     def get_config(self):
         config = super().get_config()
