@@ -2,10 +2,12 @@
 
 The top level mirrors ``tf.keras.optimizers``: every optimizer class,
 ``Optimizer`` (the ``OptimizerV2`` base), ``get``, ``serialize``,
-``deserialize`` and the ``schedules`` subpackage.
+``deserialize``, the ``schedules`` subpackage and ``mixed_precision``
+(``LossScaleOptimizer``, also exported here).
 """
 
-from keras_opt import schedules
+from keras_opt import mixed_precision, schedules
+from keras_opt.mixed_precision import LossScaleOptimizer
 from keras_opt.optimizer_v2 import (
     SGD,
     Adadelta,
@@ -31,6 +33,7 @@ __all__ = [
     "Adam",
     "Adamax",
     "Ftrl",
+    "LossScaleOptimizer",
     "Nadam",
     "NonFusedAdam",
     "Optimizer",
@@ -40,6 +43,7 @@ __all__ = [
     "SGD",
     "deserialize",
     "get",
+    "mixed_precision",
     "schedules",
     "serialize",
 ]

@@ -14,6 +14,17 @@ _BUILTIN = {
 }  # fmt: skip
 # Keys that tf_keras and Keras 3 configs may carry but that legacy optimizers do not take.
 _FOREIGN_KEYS = ("is_legacy_optimizer",)
+# tf_keras's names for its legacy loss-scale wrapper (V1 configs load as the same class).
+_LOSS_SCALE_NAMES = ("lossscaleoptimizer", "lossscaleoptimizerv1")
+
+
+def _loss_scale_class(name: Any):
+    """keras_opt's LossScaleOptimizer for its names; imported late (it imports this module)."""
+    if str(name).lower() not in _LOSS_SCALE_NAMES:
+        return None
+    from keras_opt.mixed_precision.loss_scale_optimizer import LossScaleOptimizer
+
+    return LossScaleOptimizer
 
 
 def serialize(optimizer: _opt.OptimizerV2) -> dict | None:
@@ -39,7 +50,7 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> _opt.Optimi
     """Builds an optimizer from a `serialize` dict (also tf_keras's legacy dicts).
 
     ``class_name`` is looked up in ``custom_objects`` first, then among the
-    built-in optimizers case-insensitively.
+    built-in optimizers case-insensitively (``LossScaleOptimizer`` included).
     """
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
@@ -50,10 +61,11 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> _opt.Optimi
     name = config["class_name"]
     cls = custom_objects.get(name) or custom_objects.get(config.get("registered_name"))
     if cls is None:
-        cls = _BUILTIN.get(str(name).lower())
+        cls = _BUILTIN.get(str(name).lower()) or _loss_scale_class(name)
     if cls is None:
         raise ValueError(
-            f"Unknown optimizer: {name!r}. Valid names are {sorted(_BUILTIN)} (any case), or "
+            f"Unknown optimizer: {name!r}. Valid names are "
+            f"{sorted(_BUILTIN) + list(_LOSS_SCALE_NAMES)} (any case), or "
             "pass the class in `custom_objects`."
         )
     kwargs = {k: v for k, v in dict(config.get("config") or {}).items() if k not in _FOREIGN_KEYS}

@@ -1,8 +1,10 @@
-"""Mixed precision for keras_opt optimizers.
+"""Mixed precision for keras_opt optimizers: tf_keras's legacy loss scaling.
 
-``LossScaleOptimizer`` (tf_keras's legacy loss scaling) is not implemented yet:
-it is the subject of the open mixed-precision issue. Until it lands, this
-package exports nothing.
+``LossScaleOptimizer`` wraps a keras_opt optimizer, scales the loss so that
+float16 gradients neither underflow nor (with a dynamic scale) stay overflowed,
+and skips the steps whose gradients are not finite.
 """
 
-__all__: list = []
+from keras_opt.mixed_precision.loss_scale_optimizer import LossScaleOptimizer
+
+__all__ = ["LossScaleOptimizer"]

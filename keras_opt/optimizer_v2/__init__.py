@@ -9,6 +9,7 @@ from keras_opt.optimizer_v2.gradient_descent import SGD
 from keras_opt.optimizer_v2.nadam import Nadam
 from keras_opt.optimizer_v2.optimizer_v2 import OptimizerV2
 from keras_opt.optimizer_v2.rmsprop import RMSprop
+from keras_opt.optimizer_v2.saved_model import RestoredOptimizer  # registers SavedModel type
 
 __all__ = [
     "Adadelta",
@@ -20,5 +21,6 @@ __all__ = [
     "NonFusedAdam",
     "OptimizerV2",
     "RMSprop",
+    "RestoredOptimizer",
     "SGD",
 ]

@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_opt.optimizer_v2 import checkpointing, hyperparameters
 from keras_opt.optimizer_v2 import gradients as gradients_lib
-from keras_opt.optimizer_v2 import hyperparameters
 from keras_opt.optimizer_v2 import variables as variables_lib
 
 _DEFAULT_VALID_DTYPES = frozenset(
@@ -136,6 +136,12 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         self._iterations = None
         self._deferred_slot_restorations: dict[str, dict[Any, list]] = {}
         self._vars_with_slots: set = set()
+        # Checkpoint bookkeeping (see checkpointing.py): slot names a checkpoint
+        # held per variable key, slot names requested while creating slots, and
+        # the ShardedVariables that get_slot composes from shard slots.
+        self._checkpoint_slot_names: dict[Any, set] = {}
+        self._slot_requests: dict[Any, set] | None = None
+        self._sharded_slots: dict[tuple, Any] = {}
         decay = kwargs.pop("decay", 0.0)
         if decay < 0.0:
             raise ValueError(f"decay cannot be less than 0. Received: decay={decay}.")
@@ -276,6 +282,44 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         return grads_and_vars
 
     @_no_autograph
+    def get_gradients(self, loss, params) -> list:
+        """Symbolic gradients of the tensor ``loss`` for ``params`` (TF1 graphs).
+
+        The legacy graph-mode API (Horovod's wrapper overrides it): gradients
+        come from ``tf.compat.v1.gradients`` in the graph of ``loss``, so this
+        works in a ``tf.compat.v1`` graph or inside a ``tf.function``, not
+        eagerly. Raises ValueError naming the variable when a gradient is None.
+        """
+        params = tf.nest.flatten(params)
+        if tf.is_tensor(loss) and not tf.is_symbolic_tensor(loss):
+            raise RuntimeError(
+                "`get_gradients` differentiates a symbolic loss with tf.compat.v1.gradients, "
+                "which eager execution does not support. Eagerly, compute gradients with "
+                "tf.GradientTape, or call `minimize(loss_fn, var_list)`."
+            )
+        with _graph_of([loss]).as_default(), tf.name_scope(self._name + "/gradients"):
+            grads = tf.compat.v1.gradients(loss, params)
+        for grad, param in zip(grads, params):
+            if grad is None:
+                raise ValueError(
+                    f"Variable {param} has `None` for gradient. The loss does not depend on "
+                    "it through differentiable ops (ops such as argmax, round or casts to "
+                    "integers have no gradient); remove it from `params` or make the loss "
+                    "differentiable in it."
+                )
+        return grads
+
+    @_no_autograph
+    def get_updates(self, loss, params) -> list:
+        """``[apply_gradients(...)]`` for the gradients of ``loss`` (TF1 graphs)."""
+        params = tf.nest.flatten(params)
+        grads_and_vars = list(zip(self.get_gradients(loss, params), params))
+        self._assert_valid_dtypes(
+            [v for g, v in grads_and_vars if g is not None and v.dtype != tf.resource]
+        )
+        return [self.apply_gradients(grads_and_vars)]
+
+    @_no_autograph
     def apply_gradients(
         self,
         grads_and_vars: Iterable[tuple[Any, Any]],
@@ -385,6 +429,12 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         lets a checkpoint restore into existing slots, and a SavedModel include them.
         """
         var_list = [variables_lib.unwrap_variable(v) for v in tf.nest.flatten(var_list)]
+        # A ShardedVariable is trained through its shards (as under ParameterServerStrategy).
+        var_list = [
+            shard
+            for v in var_list
+            for shard in (v.variables if checkpointing.is_sharded(v) else [v])
+        ]
         with tf.name_scope(self._name), tf.init_scope():
             self._create_all_weights(var_list)
 
@@ -396,12 +446,16 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         previous = self._hyper.get(name)
         if (
             isinstance(previous, numbers.Number)
-            and tf.is_tensor(value)
+            and tf.is_symbolic_tensor(value)
             and not self._hypers_created
+            and not variables_lib.in_session_graph()
         ):
             # A number is about to become a variable: create it and assign the
-            # tensor, rather than keep a tensor that may belong to a tf.function graph.
-            self._create_hypers()
+            # tensor, rather than keep a tensor that belongs to a tf.function graph.
+            # Eager tensors, variables and TF1-graph tensors (a placeholder learning
+            # rate is a common TF1 pattern) replace the number, as in tf_keras.
+            with tf.name_scope(self._name):
+                self._create_hypers()
             previous = self._hyper[name]
         if (
             name not in self._hyper
@@ -409,10 +463,10 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
             or hyperparameters.is_schedule(value)
         ):
             self._hyper[name] = value
-        elif tf.is_tensor(value):
-            previous.assign(tf.cast(value, previous.dtype))
         else:
-            previous.assign(value)
+            # In a TF1 graph this runs the assignment in the default session, like
+            # tf_keras's backend.set_value; eagerly and in tf.function it assigns.
+            variables_lib.assign_now(previous, value)
 
     def _get_hyper(self, name: str, dtype: tf.DType | None = None):
         """The value of hyperparameter ``name`` (schedules are returned as they are)."""
@@ -561,9 +615,12 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         self._create_hypers()
         new_vars = [v for v in var_list if variables_lib.var_key(v) not in self._vars_with_slots]
         if new_vars:
-            self._create_slots(new_vars)
+            with checkpointing.recording_slot_requests(self) as requests:
+                self._create_slots(new_vars)
+            checkpointing.check_new_slots(self, new_vars, requests)
             self._create_slots_for_sharded_variables(new_vars)
             self._vars_with_slots.update(variables_lib.var_key(v) for v in new_vars)
+            checkpointing.restore_sharded_slots(self, new_vars)
 
     @property
     def weights(self) -> list[tf.Variable]:
@@ -639,6 +696,8 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
         slot_dict = self._slots.setdefault(variables_lib.var_key(var), {})
+        if self._slot_requests is not None:
+            self._slot_requests.setdefault(variables_lib.var_key(var), set()).add(slot_name)
         weight = slot_dict.get(slot_name)
         if weight is not None:
             return weight
@@ -676,10 +735,17 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
 
     def get_slot(self, var, slot_name: str):
         """The slot ``slot_name`` of ``var`` (a ShardedVariable for sharded variables)."""
-        slot = self._slots[variables_lib.var_key(var)][slot_name]
+        key = variables_lib.var_key(var)
+        slot = self._slots[key][slot_name]
         if isinstance(slot, tf.__internal__.distribute.ShardedVariable):
-            shards = [self.get_slot(shard, slot_name) for shard in slot.variables]
-            slot = tf.__internal__.distribute.ShardedVariable(shards, name=slot.name)
+            # One composed object per (variable, slot): checkpoints bind to it, and
+            # `assert_consumed` compares objects by identity.
+            composed = self._sharded_slots.get((key, slot_name))
+            if composed is None:
+                shards = [self.get_slot(shard, slot_name) for shard in slot.variables]
+                composed = tf.__internal__.distribute.ShardedVariable(shards, name=slot.name)
+                self._sharded_slots[(key, slot_name)] = composed
+            slot = composed
         return slot
 
     # ------------------------------------------------------------------- prepare
@@ -817,9 +883,7 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         """Applies checkpoint values that were waiting for this slot to exist."""
         key = variables_lib.var_key(variable)
         positions = self._deferred_slot_restorations.get(slot_name, {}).pop(key, [])
-        positions.sort(key=lambda position: position.restore_uid, reverse=True)
-        for position in positions:
-            position.restore(slot_variable)
+        checkpointing.restore_positions(positions, slot_variable)
 
     def _create_or_restore_slot_variable(
         self, slot_variable_position, slot_name, variable, slot_variable_shape=None
@@ -828,14 +892,29 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
 
         Returns the slot variable to restore into. Eagerly, a missing slot is
         created with the checkpoint value as initial value; otherwise the
-        restoration is deferred until `add_slot` creates the slot.
+        restoration is deferred until `add_slot` creates the slot. Deferred as
+        well: the slots of a ShardedVariable (they live in its shards' slots, see
+        checkpointing.py) and a value whose shape is not the variable's. A slot
+        this optimizer does not use for ``variable`` is reported, not created.
         """
         key = variables_lib.var_key(variable)
-        slot_variable = self._slots.get(key, {}).get(slot_name)
+        checkpointing.note_checkpoint_slot(self, variable, slot_name)
+        slot_dict = self._slots.get(key, {})
+        slot_variable = slot_dict.get(slot_name)
+        sharded = checkpointing.is_sharded(variable)
+        if slot_variable is None and checkpointing.slots_created(self, variable):
+            used = [name for name in slot_dict if name in self._slot_names]
+            checkpointing.warn_foreign_slots(self, variable, [slot_name], used)
+            return None
+        if sharded and slot_variable is not None:
+            if not checkpointing.sharded_slots_ready(self, variable):
+                slot_variable = None
         if (
             slot_variable is None
+            and not sharded
             and tf.executing_eagerly()
             and slot_variable_position.is_simple_variable()
+            and checkpointing.value_fits(slot_variable_position, variable, slot_variable_shape)
             and (
                 not tf.compat.v1.get_default_graph()._variable_creator_stack
                 or self._distribution_strategy
@@ -862,6 +941,15 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         ):
             return self.get_slot(variable, slot_name)
         return slot_variable
+
+
+# Module-level names that tools import from tf_keras's optimizer_v2 module.
+_var_key = variables_lib.var_key
+
+
+def _get_slot_key_from_var(var, slot_name: str) -> str:
+    """``"<variable key>/<slot name>"`` (graph mode: the variable's shared name)."""
+    return f"{_var_key(var)}/{slot_name}"
 
 
 def _is_symbolic(value) -> bool:

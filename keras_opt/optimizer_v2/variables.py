@@ -48,6 +48,12 @@ def var_key(var: Any) -> Any:
     graph mode the variable's shared name is used, eagerly its unique id.
     """
     var = unwrap_variable(var)
+    if isinstance(var, tf.__internal__.distribute.ShardedVariable):
+        # An unnamed ShardedVariable reports its first shard's unique id; the
+        # container's slot entry (see `_create_slots_for_sharded_variables`)
+        # would replace that shard's slots (tf_keras then recurses forever in
+        # get_slot). Op names cannot contain "(" or ",": no clash with a shard.
+        return "ShardedVariable(" + ",".join(str(var_key(s)) for s in var.variables) + ")"
     if hasattr(var, "_distributed_container"):
         var = var._distributed_container()
     elif (
@@ -121,29 +127,85 @@ def make_variable(
     )
 
 
-def _in_session_graph() -> bool:
-    return not tf.compat.v1.executing_eagerly_outside_functions()
+def in_session_graph() -> bool:
+    """True while building a TF1 graph (``tf.Graph().as_default()`` or eager disabled).
+
+    Ops built there only take effect when a ``tf.compat.v1.Session`` runs them;
+    inside a ``tf.function`` (also one traced in such a graph) they run with the
+    function, so this is False there.
+    """
+    return not tf.compat.v1.executing_eagerly_outside_functions() and not tf.inside_function()
+
+
+def _default_session(what: str) -> tf.compat.v1.Session:
+    session = tf.compat.v1.get_default_session()
+    if session is None:
+        raise RuntimeError(
+            f"Cannot {what} in TF1 graph mode without a default session: keras_opt reads and "
+            "writes variables of a tf.compat.v1 graph through tf.compat.v1.get_default_session(). "
+            "Call it inside `with tf.compat.v1.Session(graph=...) as session:` or "
+            "`with session.as_default():`."
+        )
+    return session
+
+
+def _assign_op(var: Any, ndim: int):
+    """A cached (placeholder, assign op) pair for ``var``, so repeated sets add no ops."""
+    cached = getattr(var, "_keras_opt_assign", None)
+    if cached is not None and cached[0].shape.rank == ndim:
+        return cached
+    with var.graph.as_default():
+        placeholder = tf.compat.v1.placeholder(var.dtype.base_dtype, shape=[None] * ndim)
+        cached = (placeholder, var.assign(placeholder, read_value=False))
+    try:
+        var._keras_opt_assign = cached
+    except AttributeError:  # objects with __slots__: no caching
+        pass
+    return cached
 
 
 def batch_get_value(variables: list[Any]) -> list[np.ndarray]:
     """Reads variables as numpy arrays, eagerly or through the default session."""
     if not variables:
         return []
-    if _in_session_graph():
-        return tf.compat.v1.get_default_session().run(list(variables))
+    if in_session_graph():
+        return _default_session("read variables").run(list(variables))
     return [v.numpy() for v in variables]
 
 
 def batch_set_value(pairs: list[tuple[Any, Any]]) -> None:
-    """Assigns numpy values to variables, eagerly or through the default session."""
-    if _in_session_graph():
-        session = tf.compat.v1.get_default_session()
+    """Assigns numpy values to variables, eagerly or through the default session.
+
+    In a TF1 graph the assignments run at once in the default session (as
+    tf_keras's ``backend.batch_set_value`` does), through one placeholder and
+    assign op per variable that later calls reuse.
+    """
+    if in_session_graph():
+        session = _default_session("set variables")
         ops, feed = [], {}
         for var, value in pairs:
-            placeholder = tf.compat.v1.placeholder(var.dtype.base_dtype, shape=np.shape(value))
-            ops.append(var.assign(placeholder))
+            value = np.asarray(value, dtype=var.dtype.base_dtype.as_numpy_dtype)
+            placeholder, op = _assign_op(var, value.ndim)
+            ops.append(op)
             feed[placeholder] = value
         session.run(ops, feed_dict=feed)
         return
     for var, value in pairs:
         var.assign(np.asarray(value, dtype=var.dtype.as_numpy_dtype))
+
+
+def assign_now(var: Any, value: Any) -> None:
+    """Assigns ``value`` (number, array or tensor) to ``var`` so that it takes effect.
+
+    Eagerly and in ``tf.function`` this is ``var.assign``. In a TF1 graph an
+    assign op would do nothing until a session runs it, so it is run now in the
+    default session (a tensor value is evaluated there).
+    """
+    if not in_session_graph():
+        var.assign(tf.cast(value, var.dtype) if tf.is_tensor(value) else value)
+    elif tf.is_tensor(value):
+        with var.graph.as_default():
+            op = var.assign(tf.cast(value, var.dtype), read_value=False)
+        _default_session("set variables").run(op)
+    else:
+        batch_set_value([(var, value)])
