@@ -1,0 +1,411 @@
+"""Median optimizer step time: keras_opt vs tf_keras legacy vs Keras 3.
+
+For each (workload, optimizer) cell every library gets its own fresh
+variables (identical initial values), the same fixed gradient tensors, and a
+``tf.function`` step ``opt.apply_gradients(zip(grads, vars))``. After a warm-up
+(trace + 2 steps) the steps are timed *interleaved* (round-robin over the
+libraries, rotating which library goes first each round) so machine noise hits
+all libraries alike. Each timed sample is ``perf_counter`` around the step call
+plus ``opt.iterations.numpy()`` (forces completion; identical for every lib).
+
+Libraries (``--libs``):
+  keras_opt   keras_opt.<Opt>                      (tf.function, default jit)
+  tf_keras    tf_keras.optimizers.legacy.<Opt>     (tf.function, default jit)
+  keras3      keras.optimizers.<Opt>  in tf.function(jit_compile=False)
+  keras3_jit  keras.optimizers.<Opt>  in tf.function(jit_compile=True)
+Keras 3 optimizers take no ``jit_compile`` argument (that lives on
+``Model.compile``), hence the explicit ``tf.function`` wrapper.
+
+Workloads (``--workloads``):
+  W1  ResNet-50 trainable variable shapes (read from
+      ``tf_keras.applications.ResNet50(weights=None)``: 214 variables, 25.6M params)
+  W2  one [8192, 8192] float32 variable (64M params)
+  W3  1000 variables of 1000 float32 params
+  W4  [1_000_000, 64] float32 embedding, tf.IndexedSlices gradient of 4096 rows
+      (random indices with duplicates, fixed seed). Keras 3 gets the same
+      IndexedSlices.
+
+Usage:
+  PYTHONPATH=. python benchmarks/step_time.py
+  PYTHONPATH=. python benchmarks/step_time.py --workloads W3,W4 \
+      --optimizers adam,sgd --repeats 3 --json /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
+ALL_OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "ftrl")
+ALL_LIBS = ("keras_opt", "tf_keras", "keras3", "keras3_jit")
+# Default timed repetitions per workload (W2 and W4 are big: fewer repeats).
+DEFAULT_REPEATS = {"W1": 10, "W2": 5, "W3": 10, "W4": 5}
+WARMUP_STEPS = 2
+SEED = 1234
+
+# Hyperparameters shared by every library (their defaults agree otherwise).
+OPT_KWARGS = {
+    "adam": {},
+    "sgd": {"learning_rate": 0.01, "momentum": 0.9},
+    "adagrad": {},
+    "rmsprop": {},
+    "ftrl": {},
+}
+OPT_CLASS = {
+    "adam": "Adam",
+    "sgd": "SGD",
+    "adagrad": "Adagrad",
+    "rmsprop": "RMSprop",
+    "ftrl": "Ftrl",
+}
+
+
+# --------------------------------------------------------------------- workloads
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """Trainable variable shapes of tf_keras's ResNet-50 (built once)."""
+    import tf_keras
+
+    model = tf_keras.applications.ResNet50(weights=None)
+    shapes = [tuple(v.shape.as_list()) for v in model.trainable_variables]
+    del model
+    tf_keras.backend.clear_session()
+    gc.collect()
+    return shapes
+
+
+class Workload:
+    """Initial values and fixed gradients for one workload (shared by libs)."""
+
+    def __init__(self, name: str, shapes_cache: dict):
+        self.name = name
+        rng = np.random.default_rng(SEED)
+        self.sparse = False
+        if name == "W1":
+            if "W1" not in shapes_cache:
+                shapes_cache["W1"] = resnet50_shapes()
+            shapes = shapes_cache["W1"]
+        elif name == "W2":
+            shapes = [(8192, 8192)]
+        elif name == "W3":
+            shapes = [(1000,)] * 1000
+        elif name == "W4":
+            shapes = [(1_000_000, 64)]
+            self.sparse = True
+        else:
+            raise ValueError(f"unknown workload {name}")
+        self.shapes = shapes
+        self.num_params = int(sum(np.prod(s) for s in shapes))
+        self.init_values = [
+            tf.constant(rng.standard_normal(s, dtype=np.float32) * 0.05) for s in shapes
+        ]
+        if self.sparse:
+            rows = 4096
+            indices = rng.integers(0, shapes[0][0], size=rows, dtype=np.int64)
+            # Force some duplicates regardless of the draw.
+            indices[rows // 2 : rows // 2 + 64] = indices[:64]
+            values = rng.standard_normal((rows, shapes[0][1]), dtype=np.float32) * 0.01
+            self.grads = [
+                tf.IndexedSlices(
+                    values=tf.constant(values),
+                    indices=tf.constant(indices),
+                    dense_shape=tf.constant(shapes[0], dtype=tf.int64),
+                )
+            ]
+            self.num_unique_rows = int(np.unique(indices).size)
+        else:
+            self.grads = [
+                tf.constant(rng.standard_normal(s, dtype=np.float32) * 0.01) for s in shapes
+            ]
+
+    def describe(self) -> str:
+        d = f"{self.name}: {len(self.shapes)} variables, {self.num_params / 1e6:.2f}M params"
+        if self.sparse:
+            rows = self.grads[0].values.shape[0]
+            d += f", IndexedSlices grad of {rows} rows ({self.num_unique_rows} unique)"
+        return d
+
+
+# ------------------------------------------------------------------- libraries
+def make_optimizer(lib: str, opt: str):
+    cls_name = OPT_CLASS[opt]
+    kwargs = OPT_KWARGS[opt]
+    if lib == "keras_opt":
+        import keras_opt
+
+        return getattr(keras_opt, cls_name)(**kwargs)
+    if lib == "tf_keras":
+        import tf_keras
+
+        return getattr(tf_keras.optimizers.legacy, cls_name)(**kwargs)
+    if lib in ("keras3", "keras3_jit"):
+        import keras
+
+        return getattr(keras.optimizers, cls_name)(**kwargs)
+    raise ValueError(f"unknown lib {lib}")
+
+
+def make_variables(lib: str, wl: Workload):
+    if lib in ("keras3", "keras3_jit"):
+        import keras
+
+        return [
+            keras.Variable(init, name=f"v{i}", dtype="float32")
+            for i, init in enumerate(wl.init_values)
+        ]
+    return [tf.Variable(init, name=f"v{i}") for i, init in enumerate(wl.init_values)]
+
+
+class Runner:
+    """One library's optimizer, variables and compiled step for one cell."""
+
+    def __init__(self, lib: str, opt_name: str, wl: Workload):
+        self.lib = lib
+        self.vars = make_variables(lib, wl)
+        self.opt = make_optimizer(lib, opt_name)
+        grads = wl.grads
+        variables = self.vars
+        opt = self.opt
+        if lib == "keras_opt":
+            opt.build(variables)
+        elif lib == "tf_keras":
+            # Legacy OptimizerV2 has no public build(); this is what
+            # apply_gradients does (under init_scope) on its first call.
+            with tf.init_scope():
+                opt._create_all_weights(variables)
+        else:
+            opt.build(variables)
+        jit = {"keras3": False, "keras3_jit": True}.get(lib)
+        fn_kwargs = {} if jit is None else {"jit_compile": jit}
+
+        def apply_step():
+            opt.apply_gradients(zip(grads, variables))  # return value dropped
+
+        self.step_fn = tf.function(apply_step, **fn_kwargs)
+        self.steps_done = 0
+        t0 = time.perf_counter()
+        self.step()  # trace (+ compile for XLA) + first step
+        self.first_step_s = time.perf_counter() - t0
+        for _ in range(WARMUP_STEPS):
+            self.step()
+
+    def step(self):
+        self.step_fn()
+        it = int(self.opt.iterations.numpy())
+        self.steps_done += 1
+        if it != self.steps_done:
+            raise RuntimeError(f"iterations={it} after {self.steps_done} steps")
+
+    def close(self):
+        del self.step_fn, self.opt, self.vars
+
+
+def short_reason(exc: BaseException) -> str:
+    # tf.function errors start with "in user code: <frames>"; the cause is last.
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    msg = f"{type(exc).__name__}: {lines[-1] if lines else ''}".replace("|", "/")
+    return msg[:100] + ("..." if len(msg) > 100 else "")
+
+
+def run_cell(wl: Workload, opt_name: str, libs: list[str], repeats: int, verbose: bool):
+    """Builds + warms every lib, then times `repeats` interleaved rounds."""
+    runners: dict[str, Runner] = {}
+    result = {lib: {"status": "n/a", "reason": "not run"} for lib in libs}
+    for lib in libs:
+        try:
+            runners[lib] = Runner(lib, opt_name, wl)
+            result[lib] = {
+                "status": "ok",
+                "first_step_s": runners[lib].first_step_s,
+                "times_ms": [],
+            }
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            result[lib] = {"status": "n/a", "reason": short_reason(exc)}
+            if verbose:
+                traceback.print_exc()
+            gc.collect()
+    active = list(runners)
+    for r in range(repeats):
+        order = active[r % len(active) :] + active[: r % len(active)] if active else []
+        for lib in order:
+            if lib not in runners:
+                continue
+            runner = runners[lib]
+            try:
+                t0 = time.perf_counter()
+                runner.step()
+                dt = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001
+                result[lib] = {"status": "n/a", "reason": short_reason(exc)}
+                runners.pop(lib).close()
+                continue
+            result[lib]["times_ms"].append(dt * 1e3)
+    for lib, runner in runners.items():
+        # Every step must reuse the single trace (no retracing while timed).
+        result[lib]["tracing_count"] = runner.step_fn.experimental_get_tracing_count()
+    for res in result.values():
+        if res["status"] == "ok":
+            t = res["times_ms"]
+            res["median_ms"] = statistics.median(t)
+            res["min_ms"] = min(t)
+            q = np.percentile(t, [25, 75])
+            res["iqr_ms"] = [float(q[0]), float(q[1])]
+    for runner in runners.values():
+        runner.close()
+    runners.clear()
+    gc.collect()
+    return result
+
+
+# ---------------------------------------------------------------------- output
+def fmt_cell(res: dict | None) -> str:
+    if res is None:
+        return "-"
+    if res["status"] != "ok":
+        return f"n/a ({res['reason']})"
+    return f"{res['median_ms']:.2f}"
+
+
+def ratio(cell: dict, a: str, b: str) -> str:
+    ra, rb = cell.get(a), cell.get(b)
+    if not ra or not rb or ra["status"] != "ok" or rb["status"] != "ok":
+        return "-"
+    return f"{ra['median_ms'] / rb['median_ms']:.3f}"
+
+
+def markdown_table(results: list[dict]) -> str:
+    lines = [
+        "| workload | optimizer | keras_opt ms | tf_keras ms | keras3 ms | keras3 jit ms "
+        "| ratio vs tf_keras | ratio vs keras3 | ratio vs keras3 jit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        c = row["libs"]
+        lines.append(
+            f"| {row['workload']} | {row['optimizer']} | {fmt_cell(c.get('keras_opt'))} "
+            f"| {fmt_cell(c.get('tf_keras'))} | {fmt_cell(c.get('keras3'))} "
+            f"| {fmt_cell(c.get('keras3_jit'))} | {ratio(c, 'keras_opt', 'tf_keras')} "
+            f"| {ratio(c, 'keras_opt', 'keras3')} | {ratio(c, 'keras_opt', 'keras3_jit')} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_list(value: str, allowed, upper=False) -> list[str]:
+    items = [s.strip() for s in value.split(",") if s.strip()]
+    items = [s.upper() if upper else s.lower() for s in items]
+    bad = [s for s in items if s not in allowed]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {list(allowed)}")
+    return items
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workloads", default=",".join(ALL_WORKLOADS))
+    p.add_argument("--optimizers", default=",".join(ALL_OPTIMIZERS))
+    p.add_argument("--libs", default=",".join(ALL_LIBS))
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed interleaved rounds per cell (default per workload: "
+        + ", ".join(f"{k}={v}" for k, v in DEFAULT_REPEATS.items())
+        + ")",
+    )
+    p.add_argument("--json", default=None, help="also write results (with raw samples) here")
+    p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
+    p.add_argument("--render", default=None, help="only print the table of a saved --json file")
+    args = p.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            print(markdown_table(json.load(f)["results"]))
+        return 0
+    workloads = parse_list(args.workloads, ALL_WORKLOADS, upper=True)
+    optimizers = parse_list(args.optimizers, ALL_OPTIMIZERS)
+    libs = parse_list(args.libs, ALL_LIBS)
+
+    import keras
+    import tf_keras
+
+    print(
+        f"# tensorflow {tf.__version__}, tf_keras {tf_keras.__version__}, "
+        f"keras {keras.__version__}, "
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"GPUs: {len(tf.config.list_physical_devices('GPU'))}",
+        flush=True,
+    )
+    results = []
+    shapes_cache: dict = {}
+    t_start = time.perf_counter()
+    for wl_name in workloads:
+        wl = Workload(wl_name, shapes_cache)
+        repeats = args.repeats or DEFAULT_REPEATS[wl_name]
+        print(f"# {wl.describe()}; repeats={repeats}", flush=True)
+        for opt_name in optimizers:
+            t0 = time.perf_counter()
+            cell = run_cell(wl, opt_name, libs, repeats, args.verbose)
+            row = {"workload": wl_name, "optimizer": opt_name, "repeats": repeats, "libs": cell}
+            results.append(row)
+            print(
+                f"#   {wl_name} {opt_name}: "
+                + ", ".join(f"{lib}={fmt_cell(cell[lib])}" for lib in libs)
+                + f"  (cell {time.perf_counter() - t0:.1f}s; trace+first step: "
+                + ", ".join(
+                    f"{lib} {cell[lib]['first_step_s']:.1f}s"
+                    for lib in libs
+                    if cell[lib]["status"] == "ok"
+                )
+                + ")",
+                flush=True,
+            )
+            if args.json:  # written after every cell so a killed run keeps its data
+                write_json(args.json, results)
+        del wl
+        gc.collect()
+    print(f"# total {time.perf_counter() - t_start:.1f}s\n", flush=True)
+    print(markdown_table(results))
+    slow = [
+        r
+        for r in results
+        if all(r["libs"].get(k, {}).get("status") == "ok" for k in ("keras_opt", "tf_keras"))
+        and r["libs"]["keras_opt"]["median_ms"] > 1.05 * r["libs"]["tf_keras"]["median_ms"]
+    ]
+    if slow:
+        cells = ", ".join(f"{r['workload']}/{r['optimizer']}" for r in slow)
+        print(f"\n# keras_opt > 1.05x tf_keras on: {cells}")
+    if args.json:
+        write_json(args.json, results)
+    return 0
+
+
+def write_json(path: str, results: list[dict]) -> None:
+    import keras
+    import tf_keras
+
+    meta = {
+        "tensorflow": tf.__version__,
+        "tf_keras": tf_keras.__version__,
+        "keras": keras.__version__,
+        "cpus": os.cpu_count(),
+        "argv": sys.argv[1:],
+        "warmup_steps": WARMUP_STEPS,
+    }
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
