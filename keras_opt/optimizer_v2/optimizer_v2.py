@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import checkpointing, hyperparameters
+from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
 
@@ -82,7 +82,9 @@ def _accepts_apply_state(function: Callable) -> bool:
     return "apply_state" in inspect.signature(function).parameters
 
 
-class OptimizerV2(tf.__internal__.tracking.Trackable):
+class OptimizerV2(
+    hyperparameters.HyperparameterMixin, slots.SlotMixin, tf.__internal__.tracking.Trackable
+):
     """Base class for keras_opt optimizers (tf_keras legacy ``OptimizerV2``).
 
     Subclasses set their hyperparameters with ``_set_hyper`` in ``__init__`` and
@@ -438,119 +440,6 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
         with tf.name_scope(self._name), tf.init_scope():
             self._create_all_weights(var_list)
 
-    # ---------------------------------------------------------- hyperparameters
-    def _set_hyper(self, name: str, value: Any) -> None:
-        """Sets hyperparameter ``name``: replaces it, or assigns into its variable."""
-        if isinstance(value, tf.__internal__.tracking.Trackable):
-            self._track_trackable(value, name, overwrite=True)
-        previous = self._hyper.get(name)
-        if (
-            isinstance(previous, numbers.Number)
-            and tf.is_symbolic_tensor(value)
-            and not self._hypers_created
-            and not variables_lib.in_session_graph()
-        ):
-            # A number is about to become a variable: create it and assign the
-            # tensor, rather than keep a tensor that belongs to a tf.function graph.
-            # Eager tensors, variables and TF1-graph tensors (a placeholder learning
-            # rate is a common TF1 pattern) replace the number, as in tf_keras.
-            with tf.name_scope(self._name):
-                self._create_hypers()
-            previous = self._hyper[name]
-        if (
-            name not in self._hyper
-            or hyperparameters.is_replaceable(previous)
-            or hyperparameters.is_schedule(value)
-        ):
-            self._hyper[name] = value
-        else:
-            # In a TF1 graph this runs the assignment in the default session, like
-            # tf_keras's backend.set_value; eagerly and in tf.function it assigns.
-            variables_lib.assign_now(previous, value)
-
-    def _get_hyper(self, name: str, dtype: tf.DType | None = None):
-        """The value of hyperparameter ``name`` (schedules are returned as they are)."""
-        if not self._hypers_created:
-            self._create_hypers()
-        value = self._hyper[name]
-        if hyperparameters.is_schedule(value):
-            return value
-        if callable(value):
-            value = value()
-        if dtype:
-            return tf.cast(value, dtype)
-        return value
-
-    def _create_hypers(self) -> None:
-        """Turns numeric hyperparameters into scalar float32 variables (once)."""
-        if self._hypers_created:
-            return
-        with tf.init_scope(), self._distribution_strategy_scope():
-            for name, value in sorted(self._hyper.items()):
-                if isinstance(value, (tf.Tensor, tf.Variable)) or callable(value):
-                    continue
-                self._hyper[name] = self.add_weight(
-                    name,
-                    shape=[],
-                    trainable=False,
-                    initializer=value,
-                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                )
-        self._hypers_created = True
-
-    def _serialize_hyperparameter(self, name: str):
-        """Config value of a hyperparameter: a number, or a schedule's config dict."""
-        value = self._hyper[name]
-        if hyperparameters.is_schedule(value):
-            return hyperparameters.serialize_schedule(value)
-        if callable(value):
-            return value()
-        if tf.is_tensor(value) or isinstance(value, tf.Variable):
-            return variables_lib.batch_get_value([value])[0]
-        return value
-
-    def _decayed_lr(self, var_dtype: tf.DType):
-        """The learning rate at this step as a tensor of ``var_dtype``.
-
-        Schedules are evaluated at ``iterations`` (the count before this step's
-        increment); legacy ``decay`` divides by ``1 + decay * iterations``.
-        """
-        lr_t = self._get_hyper("learning_rate", var_dtype)
-        if hyperparameters.is_schedule(lr_t):
-            local_step = tf.cast(self.iterations, var_dtype)
-            lr_t = tf.cast(lr_t(local_step), var_dtype)
-        if self._initial_decay > 0.0:
-            local_step = tf.cast(self.iterations, var_dtype)
-            decay_t = tf.cast(self._initial_decay, var_dtype)
-            lr_t = lr_t / (1.0 + decay_t * local_step)
-        return lr_t
-
-    def __getattr__(self, name: str):
-        # Only called when normal lookup fails: exposes hyperparameters as attributes.
-        hyper = self.__dict__.get("_hyper")
-        if hyper is not None and name != "_hyper":
-            key = "learning_rate" if name == "lr" else name
-            if key in hyper:
-                return self._get_hyper(key)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __dir__(self):
-        names = set(super().__dir__())
-        hyper = self.__dict__.get("_hyper", {})
-        names |= set(hyper)
-        if "learning_rate" in hyper:
-            names.add("lr")
-        return sorted(names)
-
-    def __setattr__(self, name: str, value: Any):
-        if name == "lr":
-            name = "learning_rate"
-        hyper = self.__dict__.get("_hyper")
-        if hyper is not None and name in hyper:
-            self._set_hyper(name, value)
-        else:
-            super().__setattr__(name, value)
-
     # ------------------------------------------------------------------- weights
     @property
     def iterations(self) -> tf.Variable:
@@ -663,90 +552,6 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
                 )
             pairs.append((param, value))
         variables_lib.batch_set_value(pairs)
-
-    # --------------------------------------------------------------------- slots
-    def _create_slots(self, var_list):
-        """Creates the slots of ``var_list`` with `add_slot` (subclasses)."""
-
-    def _create_slots_for_sharded_variables(self, var_list):
-        """Registers ShardedVariable containers so `get_slot` can rebuild their slots."""
-        sharded = {}
-        for var in var_list:
-            container = getattr(var, "_sharded_container", None)
-            if container:
-                sharded_var = container()
-                sharded[id(sharded_var)] = sharded_var
-        for sharded_var in sharded.values():
-            self._slots[variables_lib.var_key(sharded_var)] = {
-                slot: sharded_var for slot in self.get_slot_names()
-            }
-
-    def get_slot_names(self) -> list[str]:
-        """Slot names in creation order."""
-        return self._slot_names
-
-    def add_slot(self, var, slot_name: str, initializer="zeros", shape=None) -> tf.Variable:
-        """Creates (once) the slot ``slot_name`` of ``var``, named ``<var>/<slot_name>``.
-
-        ``initializer`` is ``"zeros"``/``"ones"``, a callable ``(shape, dtype)``
-        or an initial value. The slot takes the variable's stored dtype, is
-        colocated with it and, under a strategy, is a distributed variable.
-        """
-        var = variables_lib.unwrap_variable(var)
-        if slot_name not in self._slot_names:
-            self._slot_names.append(slot_name)
-        slot_dict = self._slots.setdefault(variables_lib.var_key(var), {})
-        if self._slot_requests is not None:
-            self._slot_requests.setdefault(variables_lib.var_key(var), set()).add(slot_name)
-        weight = slot_dict.get(slot_name)
-        if weight is not None:
-            return weight
-        dtype = variables_lib.variable_dtype(var)
-        if isinstance(initializer, str) or callable(initializer):
-            initializer = variables_lib.get_initializer(initializer)
-            from_checkpoint = isinstance(
-                initializer, tf.__internal__.tracking.CheckpointInitialValueCallable
-            )
-            slot_shape = shape if (from_checkpoint or shape is not None) else var.shape
-            initial_value = functools.partial(initializer, shape=slot_shape, dtype=dtype)
-        else:
-            initial_value = initializer
-        with self._distribution_strategy_scope():
-            strategy = tf.distribute.get_strategy()
-            if not strategy.extended.variable_created_in_scope(var):
-                raise ValueError(
-                    f"Trying to create optimizer slot variable under the scope for "
-                    f"tf.distribute.Strategy ({strategy}), which is different from the scope "
-                    f"used for the original variable ({var}). Make sure the slot variables "
-                    "are created under the same strategy scope. This may happen if you're "
-                    "restoring from a checkpoint outside the scope."
-                )
-            with strategy.extended.colocate_vars_with(var):
-                weight = tf.Variable(
-                    name=f"{var._shared_name}/{slot_name}",
-                    dtype=dtype,
-                    trainable=False,
-                    initial_value=initial_value,
-                )
-        slot_dict[slot_name] = weight
-        self._restore_slot_variable(slot_name=slot_name, variable=var, slot_variable=weight)
-        self._weights.append(weight)
-        return weight
-
-    def get_slot(self, var, slot_name: str):
-        """The slot ``slot_name`` of ``var`` (a ShardedVariable for sharded variables)."""
-        key = variables_lib.var_key(var)
-        slot = self._slots[key][slot_name]
-        if isinstance(slot, tf.__internal__.distribute.ShardedVariable):
-            # One composed object per (variable, slot): checkpoints bind to it, and
-            # `assert_consumed` compares objects by identity.
-            composed = self._sharded_slots.get((key, slot_name))
-            if composed is None:
-                shards = [self.get_slot(shard, slot_name) for shard in slot.variables]
-                composed = tf.__internal__.distribute.ShardedVariable(shards, name=slot.name)
-                self._sharded_slots[(key, slot_name)] = composed
-            slot = composed
-        return slot
 
     # ------------------------------------------------------------------- prepare
     def _prepare(self, var_list):
@@ -877,70 +682,6 @@ class OptimizerV2(tf.__internal__.tracking.Trackable):
                 yield
         else:
             yield
-
-    # ------------------------------------------------ checkpoint slot restoring
-    def _restore_slot_variable(self, slot_name, variable, slot_variable):
-        """Applies checkpoint values that were waiting for this slot to exist."""
-        key = variables_lib.var_key(variable)
-        positions = self._deferred_slot_restorations.get(slot_name, {}).pop(key, [])
-        checkpointing.restore_positions(positions, slot_variable)
-
-    def _create_or_restore_slot_variable(
-        self, slot_variable_position, slot_name, variable, slot_variable_shape=None
-    ):
-        """Called by checkpoint restore for each slot value found in a checkpoint.
-
-        Returns the slot variable to restore into. Eagerly, a missing slot is
-        created with the checkpoint value as initial value; otherwise the
-        restoration is deferred until `add_slot` creates the slot. Deferred as
-        well: the slots of a ShardedVariable (they live in its shards' slots, see
-        checkpointing.py) and a value whose shape is not the variable's. A slot
-        this optimizer does not use for ``variable`` is reported, not created.
-        """
-        key = variables_lib.var_key(variable)
-        checkpointing.note_checkpoint_slot(self, variable, slot_name)
-        slot_dict = self._slots.get(key, {})
-        slot_variable = slot_dict.get(slot_name)
-        sharded = checkpointing.is_sharded(variable)
-        if slot_variable is None and checkpointing.slots_created(self, variable):
-            used = [name for name in slot_dict if name in self._slot_names]
-            checkpointing.warn_foreign_slots(self, variable, [slot_name], used)
-            return None
-        if sharded and slot_variable is not None:
-            if not checkpointing.sharded_slots_ready(self, variable):
-                slot_variable = None
-        if (
-            slot_variable is None
-            and not sharded
-            and tf.executing_eagerly()
-            and slot_variable_position.is_simple_variable()
-            and checkpointing.value_fits(slot_variable_position, variable, slot_variable_shape)
-            and (
-                not tf.compat.v1.get_default_graph()._variable_creator_stack
-                or self._distribution_strategy
-            )
-        ):
-            initializer = tf.__internal__.tracking.CheckpointInitialValueCallable(
-                checkpoint_position=slot_variable_position
-            )
-            if slot_variable_shape is None:
-                slot_variable_shape = slot_variable_position.value_shape()
-            slot_variable = self.add_slot(
-                var=variable,
-                initializer=initializer,
-                slot_name=slot_name,
-                shape=slot_variable_shape,
-            )
-        if slot_variable is None:
-            self._deferred_slot_restorations.setdefault(slot_name, {}).setdefault(key, []).append(
-                slot_variable_position
-            )
-            return None
-        if slot_variable is variable and isinstance(
-            variable, tf.__internal__.distribute.ShardedVariable
-        ):
-            return self.get_slot(variable, slot_name)
-        return slot_variable
 
 
 # Module-level names that tools import from tf_keras's optimizer_v2 module.
