@@ -85,3 +85,25 @@ def to_tf_grad(grad, dtype):
             dense_shape=tf.constant(VAR_SHAPE, dtype=tf.int64),
         )
     return tf.constant(grad, dtype=dtype)
+
+
+def optimizer_state(opt, variables, by_position=False) -> dict:
+    """Every value the optimizer and the model hold, by a library-independent key.
+
+    Keys: ``iter``, each variable's name (or ``var<i>`` with ``by_position``) and
+    ``<name>/<slot>`` for each of its slots.
+    """
+    out = {"iter": opt.iterations.numpy()}
+    for i, var in enumerate(variables):
+        name = f"var{i}" if by_position else var.name.split(":")[0]
+        out[name] = var.numpy()
+        for slot in opt.get_slot_names():
+            out[f"{name}/{slot}"] = opt.get_slot(var, slot).numpy()
+    return out
+
+
+def assert_same_state(got: dict, want: dict) -> None:
+    """Same keys and bit-for-bit equal values."""
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)

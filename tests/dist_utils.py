@@ -1,4 +1,4 @@
-"""Subprocess plumbing for the tf.distribute tests: ports, TF_CONFIG, deadlines.
+"""Subprocess plumbing for the tests: workers under deadlines, ports, TF_CONFIG.
 
 Distributed TensorFlow processes hang forever when a peer is missing, and a
 strategy that needs logical devices or collectives must be set up before
@@ -27,8 +27,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Callable, Mapping, Sequence
+
+import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
@@ -275,6 +278,35 @@ def run_processes(
             r.kill()
     results = [r.finish() for r in running]
     return RunResult(results, timed_out, time.monotonic() - start)
+
+
+def run_worker(
+    script: str,
+    args: Sequence[str] = (),
+    timeout_s: float = 180.0,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Runs one worker script (under tests/workers/) to its end; returns its output.
+
+    Fails the calling test with the tail of the output when the worker exits
+    non-zero or passes ``timeout_s`` (then its whole process group is killed).
+    """
+    with tempfile.TemporaryDirectory() as log_dir:
+        name = os.path.splitext(os.path.basename(script))[0]
+        result = run_processes([Spec(name, script, tuple(args), env)], timeout_s, log_dir)
+    if not result.ok:
+        pytest.fail(f"{script}: {result.report()}")
+    return result.processes[0].log
+
+
+def worker_result(meta: Mapping[str, dict], name: str) -> dict:
+    """The worker's record for configuration ``name``; fails the test if absent or failed."""
+    record = meta.get(name)
+    if record is None:
+        pytest.fail(f"the worker wrote no result for {name}")
+    if "error" in record:
+        pytest.fail(f"{name} failed in the worker:\n{record['error']}")
+    return record
 
 
 def run_with_port_retry(

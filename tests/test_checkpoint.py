@@ -37,7 +37,13 @@ from tf_keras.optimizers import legacy as tf_keras_legacy
 import keras_opt
 from keras_opt.optimizer_v2.checkpointing import CheckpointMismatchWarning
 
-from cases import gradient_stream, initial_values, to_tf_grad
+from cases import (
+    assert_same_state,
+    gradient_stream,
+    initial_values,
+    to_tf_grad,
+)
+from cases import optimizer_state as state
 
 LIBS = {"tf_keras": tf_keras_legacy, "keras_opt": keras_opt}
 DIRECTIONS = [("tf_keras", "keras_opt"), ("keras_opt", "tf_keras")]
@@ -116,23 +122,6 @@ def build(opt, var_list):
     else:
         with tf.name_scope(opt._name):
             opt._create_all_weights(var_list)
-
-
-def state(opt, variables, by_position=False):
-    """Every value the optimizer and the model hold, by a library-independent key."""
-    out = {"iter": opt.iterations.numpy()}
-    for i, var in enumerate(variables):
-        name = f"var{i}" if by_position else var.name.split(":")[0]
-        out[name] = var.numpy()
-        for slot in opt.get_slot_names():
-            out[f"{name}/{slot}"] = opt.get_slot(var, slot).numpy()
-    return out
-
-
-def assert_same_state(got, want):
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def checkpoint(model, opt):

@@ -29,9 +29,10 @@ import os
 import re
 import sys
 
-import dist_utils
 import numpy as np
 import pytest
+
+import dist_utils
 
 sys.path.insert(0, dist_utils.WORKERS_DIR)
 
@@ -62,12 +63,7 @@ class WorkerResults:
             self.meta = json.load(f)
 
     def config_meta(self, name: str) -> dict:
-        meta = self.meta.get(name)
-        if meta is None:
-            pytest.fail(f"the worker wrote no result for {name}")
-        if "error" in meta:
-            pytest.fail(f"{name} failed in the worker:\n{meta['error']}")
-        return meta
+        return dist_utils.worker_result(self.meta, name)
 
     def state(self, prefix: str) -> dict[str, np.ndarray]:
         """Arrays under ``prefix/`` (e.g. "adam-sparse/keras_opt"), without the prefix."""

@@ -21,9 +21,10 @@ import json
 import os
 import sys
 
-import dist_utils
 import numpy as np
 import pytest
+
+import dist_utils
 
 sys.path.insert(0, dist_utils.WORKERS_DIR)
 

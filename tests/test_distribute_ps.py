@@ -26,9 +26,10 @@ import json
 import os
 import sys
 
-import dist_utils
 import numpy as np
 import pytest
+
+import dist_utils
 
 sys.path.insert(0, dist_utils.WORKERS_DIR)
 
@@ -78,12 +79,7 @@ def ps(tmp_path_factory):
 
 
 def _meta(ps, name: str) -> dict:
-    meta = ps[1].get(name)
-    if meta is None:
-        pytest.fail(f"the worker wrote no result for {name}")
-    if "error" in meta:
-        pytest.fail(f"{name} failed in the worker:\n{meta['error']}")
-    return meta
+    return dist_utils.worker_result(ps[1], name)
 
 
 def _state(ps, prefix: str) -> dict[str, np.ndarray]:

@@ -21,9 +21,6 @@ Decisions checked here (see also the README):
 from __future__ import annotations
 
 import collections
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -32,6 +29,7 @@ from tf_keras.optimizers import legacy as tf_keras_legacy
 
 import keras_opt
 
+import dist_utils
 from cases import CASES, NAMES, STEPS, VAR_SHAPE, case_id, gradient_stream, initial_values
 
 LIBS = {"keras_opt": keras_opt, "tf_keras": tf_keras_legacy}
@@ -451,28 +449,9 @@ def test_exact_variable_names_in_a_graph():
 
 
 # ----------------------------------------- a whole process in TF1 graph mode
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "graph_v1_worker.py")
-
-
 def test_eager_execution_disabled_process():
     """``tf.compat.v1.disable_eager_execution()`` is process-global: its own process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    tests_dir = os.path.dirname(os.path.dirname(WORKER))
-    paths = [os.path.dirname(tests_dir), tests_dir, env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    proc = subprocess.Popen(
-        [sys.executable, WORKER],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
+    log = dist_utils.run_worker(
+        "graph_v1_worker.py", timeout_s=240, env={"CUDA_VISIBLE_DEVICES": ""}
     )
-    try:
-        out, err = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.communicate()
-        pytest.fail("graph_v1_worker.py did not finish in 240 s")
-    assert proc.returncode == 0, err[-3000:]
-    assert out.strip().splitlines()[-1] == "OK", out[-2000:]
+    assert "OK" in log.splitlines(), log[-2000:]

@@ -19,9 +19,6 @@ import copy
 import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
@@ -35,6 +32,8 @@ from tf_keras.src.mixed_precision.loss_scale_optimizer import (
 
 import keras_opt
 from keras_opt.mixed_precision import loss_scale_optimizer as lso_module
+
+import dist_utils
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -874,27 +873,12 @@ MIRRORED_CONFIGS = [
 @pytest.fixture(scope="module")
 def mirrored_results():
     with tempfile.TemporaryDirectory() as out:
-        env = dict(os.environ, LSO_WORKER_DEADLINE_S="170", TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "workers", "lso_mirrored.py"), out]
-            + MIRRORED_CONFIGS,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-            cwd=REPO,
+        dist_utils.run_worker(
+            "lso_mirrored.py",
+            [out, *MIRRORED_CONFIGS],
+            timeout_s=180,
+            env={"LSO_WORKER_DEADLINE_S": "170"},
         )
-        try:
-            log, _ = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log, _ = proc.communicate()
-            pytest.fail("lso_mirrored.py passed its deadline:\n" + log.decode()[-4000:])
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        assert proc.returncode == 0, log.decode()[-4000:]
         with open(os.path.join(out, "lso_mirrored.json")) as f:
             meta = json.load(f)
         with np.load(os.path.join(out, "lso_mirrored.npz")) as data:

@@ -12,9 +12,6 @@ trained under MirroredStrategy (checkpoint, restore without a strategy,
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +21,10 @@ from tf_keras.optimizers import legacy as tf_keras_legacy
 import keras_opt
 from keras_opt.optimizer_v2 import RestoredOptimizer
 
+import dist_utils
+from cases import assert_same_state
+from cases import optimizer_state as state
+
 LIBS = {"tf_keras": tf_keras_legacy, "keras_opt": keras_opt}
 CASES = [
     ("SGD", dict(learning_rate=0.1, momentum=0.9)),
@@ -32,7 +33,6 @@ CASES = [
     ("Ftrl", dict(learning_rate=0.1, l1_regularization_strength=0.01)),
 ]
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(TESTS_DIR, "workers", "checkpoint_savedmodel.py")
 SIGNATURE = [tf.TensorSpec([None], tf.int64), tf.TensorSpec([None, 2], tf.float32)]
 
 
@@ -69,22 +69,6 @@ def batch(step: int):
         tf.constant(rng.integers(0, 6, 4)),
         tf.constant(rng.standard_normal((4, 2)).astype(np.float32)),
     )
-
-
-def state(opt, variables):
-    out = {"iter": opt.iterations.numpy()}
-    for var in variables:
-        name = var.name.split(":")[0]
-        out[name] = var.numpy()
-        for slot in opt.get_slot_names():
-            out[f"{name}/{slot}"] = opt.get_slot(var, slot).numpy()
-    return out
-
-
-def assert_same_state(got, want):
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def trained_and_saved(lib, case, path, steps=2):
@@ -153,23 +137,8 @@ def test_reload_in_fresh_process_continues(tmp_path):
         ids, target = batch(step)
         inputs[f"ids{i}"], inputs[f"target{i}"] = ids.numpy(), target.numpy()
     np.savez(tmp_path / "inputs.npz", **inputs)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(TESTS_DIR), TF_CPP_MIN_LOG_LEVEL="2")
     args = [str(tmp_path / "model"), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")]
-    proc = subprocess.Popen(
-        [sys.executable, WORKER, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"SavedModel worker passed its deadline:\n{output[-3000:]}")
-    assert proc.returncode == 0, output[-3000:]
+    dist_utils.run_worker("checkpoint_savedmodel.py", args, timeout_s=180)
     for step in steps:
         trainer.train_step(*batch(step))
     got = dict(np.load(tmp_path / "out.npz"))

@@ -26,7 +26,6 @@ import sys
 import time
 
 import dist_common as common
-import dist_utils  # noqa: E402,I001 (tests/ is on PYTHONPATH)
 import numpy as np
 import tensorflow as tf
 from dist_configs import (
@@ -40,6 +39,8 @@ from dist_configs import (
     STEPS,
     reference_config,
 )
+
+import dist_utils  # noqa: E402,I001 (tests/ is on PYTHONPATH)
 
 partitioners = tf.distribute.experimental.partitioners
 
