@@ -19,7 +19,7 @@ Each value must agree within ``_ULPS`` units of rounding of its array's scale::
 
 The array-scale term covers entries that are a cancellation of larger terms
 (momentum, FTRL's ``linear``). Measured on CPU over every case here (4 steps):
-the largest error is 2.75 such units, float32 and float64 alike; ``_ULPS = 32``
+the largest error is 2.4 such units in float32 and 2.75 in float64; ``_ULPS = 32``
 leaves a wide margin while a wrong formula (errors of order 1e-2) still fails.
 """
 
