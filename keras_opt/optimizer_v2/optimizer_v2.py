@@ -342,6 +342,8 @@ class OptimizerV2(
         with tf.name_scope(self._name):
             with tf.init_scope():
                 self._create_all_weights(var_list)
+            if not grads_and_vars:  # as tf_keras: a no-op (all layers frozen)
+                return tf.no_op()
             if tf.distribute.in_cross_replica_context():
                 raise RuntimeError(
                     "`apply_gradients() cannot be called in cross-replica context. Use "
