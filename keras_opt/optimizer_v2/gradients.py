@@ -148,7 +148,9 @@ def check_gradients(grads_and_vars: GradsAndVars, valid_dtypes: frozenset) -> Gr
                 f"Variable {name} has dtype {var_dtype.name}, which this optimizer cannot "
                 f"train; expected one of {sorted(d.name for d in valid_dtypes)}."
             )
-        if not isinstance(grad, (tf.Tensor, tf.IndexedSlices)) and not tf.is_tensor(grad):
+        if isinstance(grad, tf.IndexedSlices):
+            grad = _indexed_slices_of_tensors(grad)
+        elif not tf.is_tensor(grad):
             grad = tf.convert_to_tensor(grad)
         if grad.dtype.base_dtype != var_dtype:
             raise InvalidGradientError(
@@ -169,6 +171,21 @@ def check_gradients(grads_and_vars: GradsAndVars, valid_dtypes: frozenset) -> Gr
             )
         checked.append((grad, var))
     return checked
+
+
+def _indexed_slices_of_tensors(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+    """``grad`` with numpy (or list) values, indices and dense shape made tensors.
+
+    tf_keras accepts ``tf.IndexedSlices(numpy_values, numpy_indices)``; its
+    ``dtype`` is then a numpy dtype, which the checks and kernels cannot use.
+    """
+    parts = [grad.values, grad.indices, grad.dense_shape]
+    if all(p is None or tf.is_tensor(p) for p in parts):
+        return grad
+    values, indices, dense_shape = (
+        p if p is None or tf.is_tensor(p) else tf.convert_to_tensor(p) for p in parts
+    )
+    return tf.IndexedSlices(values, indices, dense_shape)
 
 
 def all_reduce_sum_gradients(grads_and_vars: GradsAndVars) -> GradsAndVars:

@@ -438,7 +438,14 @@ class CosineDecay(LearningRateSchedule):
         super().__init__()
         cls = type(self).__name__
         _check_number(cls, "initial_learning_rate", initial_learning_rate, why=_RATE_WHY)
-        _check_number(cls, "decay_steps", decay_steps, positive=True, why=_STEPS_WHY)
+        # decay_steps=0 with a warmup is a warmup-only schedule (tf_keras's own
+        # tests use it): meaningful for every step before the end of the warmup.
+        warmup_only = warmup_target is not None and not (
+            _is_number(warmup_steps) and warmup_steps <= 0
+        )
+        _check_number(
+            cls, "decay_steps", decay_steps, positive=not warmup_only, why=_STEPS_WHY
+        )
         _check_number(cls, "alpha", alpha, why=" A negative alpha makes the final rate negative.")
         _check_number(cls, "warmup_target", warmup_target, why=_RATE_WHY)
         _check_number(cls, "warmup_steps", warmup_steps, why=" It is a number of steps.")
