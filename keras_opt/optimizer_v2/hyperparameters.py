@@ -123,7 +123,7 @@ class HyperparameterMixin:
         return value
 
     def _create_hypers(self) -> None:
-        """Turns numeric hyperparameters into scalar float32 variables (once)."""
+        """Turns numeric hyperparameters into scalar variables of their own dtype (once)."""
         if self._hypers_created:
             return
         with tf.init_scope(), self._distribution_strategy_scope():

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import inspect
 import itertools
 import numbers
 import warnings
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import tf_inspect
 
 from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
@@ -75,11 +75,6 @@ def _name_scope_in_graph(name: str):
     else:
         with tf.name_scope(name):
             yield
-
-
-@functools.cache
-def _accepts_apply_state(function: Callable) -> bool:
-    return "apply_state" in inspect.signature(function).parameters
 
 
 class OptimizerV2(
@@ -412,18 +407,28 @@ class OptimizerV2(
                     f"Cannot use a constraint function on a sparse variable: variable "
                     f"{var.name} has constraint {var.constraint} and received IndexedSlices."
                 )
-            if _accepts_apply_state(type(self)._resource_apply_sparse):
+            if "apply_state" in self._sparse_apply_args:
                 kwargs["apply_state"] = apply_state
             return self._resource_apply_sparse_duplicate_indices(
                 grad.values, var, grad.indices, **kwargs
             )
-        if _accepts_apply_state(type(self)._resource_apply_dense):
+        if "apply_state" in self._dense_apply_args:
             kwargs["apply_state"] = apply_state
         update_op = self._resource_apply_dense(grad, var, **kwargs)
         if var.constraint is None:
             return update_op
         with tf.control_dependencies([update_op]):
             return var.assign(var.constraint(var))
+
+    @functools.cached_property
+    def _dense_apply_args(self) -> list[str]:
+        """Argument names of `_resource_apply_dense` (tf_keras's cached list)."""
+        return tf_inspect.getfullargspec(self._resource_apply_dense).args
+
+    @functools.cached_property
+    def _sparse_apply_args(self) -> list[str]:
+        """Argument names of `_resource_apply_sparse` (wrappers read their inner's)."""
+        return tf_inspect.getfullargspec(self._resource_apply_sparse).args
 
     @_no_autograph
     def build(self, var_list: Iterable[Any]) -> None:

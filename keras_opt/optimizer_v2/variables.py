@@ -116,7 +116,10 @@ def make_variable(
     if callable(initializer):
         initial_value = functools.partial(initializer, shape, dtype=dtype)
     else:
-        initial_value = initializer
+        # As tf_keras: a value keeps its own dtype (a hyperparameter set to True
+        # is a bool variable, 3 an int32 one, np.float64(0.5) a float64 one; a
+        # Python float is float32, so the built-in optimizers' hypers are float32).
+        initial_value, dtype = initializer, None
     return tf.Variable(
         initial_value=initial_value,
         name=name,
