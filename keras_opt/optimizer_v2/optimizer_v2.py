@@ -559,6 +559,7 @@ class OptimizerV2(
                 )
             pairs.append((param, value))
         variables_lib.batch_set_value(pairs)
+        self.__dict__.pop("_hyper_python_values", None)  # no longer the values
 
     # ------------------------------------------------------------------- prepare
     def _prepare(self, var_list):
