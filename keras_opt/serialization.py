@@ -149,3 +149,37 @@ def get(identifier: Any, **kwargs) -> _opt.OptimizerV2:
     if isinstance(identifier, str):
         return deserialize({"class_name": identifier, "config": {}})
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
+
+
+# Config keys of tf_keras's and Keras 3's new optimizers that legacy optimizers lack.
+_NEW_OPTIMIZER_KEYS = (
+    "weight_decay",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "jit_compile",
+    "is_legacy_optimizer",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
+
+
+def convert_to_legacy_optimizer(optimizer: Any) -> _opt.OptimizerV2:
+    """The keras_opt (legacy) optimizer equivalent to a tf_keras or Keras 3 optimizer.
+
+    As tf_keras's ``convert_to_legacy_optimizer``: the class is looked up by name
+    (``Adam`` -> `keras_opt.Adam`), the config is taken over without the keys
+    legacy optimizers do not have (``weight_decay``, EMA, ``jit_compile``, ...);
+    a learning-rate schedule becomes the equivalent keras_opt schedule. Slots
+    and other state are not carried over.
+    """
+    if isinstance(optimizer, _opt.OptimizerV2) or not callable(
+        getattr(optimizer, "get_config", None)
+    ):
+        raise ValueError(
+            "`convert_to_legacy_optimizer` should only be called on instances of "
+            "tf_keras's or Keras 3's `Optimizer` (not a legacy or keras_opt optimizer); "
+            f"received: {type(optimizer).__name__}."
+        )
+    config = {k: v for k, v in optimizer.get_config().items() if k not in _NEW_OPTIMIZER_KEYS}
+    return deserialize({"class_name": type(optimizer).__name__.lower(), "config": config})

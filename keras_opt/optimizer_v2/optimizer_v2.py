@@ -43,6 +43,10 @@ from tensorflow.python.util import tf_inspect
 from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
+from keras_opt.optimizer_v2.legacy_names import (  # noqa: F401  (tf_keras's module names)
+    NullContextmanager,
+    name_scope_only_in_function_or_graph,
+)
 
 _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
@@ -714,3 +718,13 @@ def _graph_of(ops):
         if graph is not None:
             return graph
     return tf.compat.v1.get_default_graph()
+
+
+def __getattr__(name: str):
+    # tf_keras defines RestoredOptimizer in this module; ours lives in saved_model.py,
+    # which imports this module, so it is looked up on first access.
+    if name == "RestoredOptimizer":
+        from keras_opt.optimizer_v2.saved_model import RestoredOptimizer
+
+        return RestoredOptimizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
