@@ -167,3 +167,97 @@ def test_error_classes_pickle_and_keep_message():
     for error_class in _keras_opt_error_classes():
         error = pickle.loads(pickle.dumps(error_class("msg about v:0")))
         assert type(error) is error_class and "v:0" in str(error)
+
+
+# ------------------------------------------------- the rest of the API surface
+def _sparse_with_constraint(lib):
+    var = tf.Variable(tf.ones([2, 2]), name="constrained", constraint=lambda v: v)
+    lib.SGD().apply_gradients([(tf.IndexedSlices(tf.ones([1, 2]), tf.constant([0])), var)])
+
+
+def _cross_replica(lib):
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        var = tf.Variable([1.0], name="mirrored")
+        opt = lib.SGD()
+    with strategy.scope():  # cross-replica context: not inside strategy.run
+        opt.apply_gradients([(tf.constant([1.0]), var)])
+
+
+def _set_iterations_late(lib):
+    opt = lib.SGD()
+    _ = opt.iterations
+    opt.iterations = tf.Variable(0, dtype=tf.int64)
+
+
+def _set_weights(lib, weights):
+    var = tf.Variable([1.0, 2.0], name="w")
+    opt = lib.SGD(momentum=0.9)
+    opt.apply_gradients([(tf.constant([1.0, 1.0]), var)])
+    opt.set_weights(weights)
+
+
+def _library(lib):
+    # keras_opt's package-level functions, or tf_keras's
+    return keras_opt if lib is keras_opt else tf_keras_optimizers()
+
+
+def tf_keras_optimizers():
+    import tf_keras
+
+    return tf_keras.optimizers
+
+
+# name -> (function of the library, modes it is meaningful in)
+API_CASES = {
+    "unknown_constructor_kwarg": (lambda lib: lib.SGD(foo=1.0), ["eager"]),
+    "negative_clipnorm": (lambda lib: lib.SGD(clipnorm=-1.0), ["eager"]),
+    "clipnorm_and_global_clipnorm": (lambda lib: lib.SGD(clipnorm=1.0, global_clipnorm=1.0), ["eager"]),
+    "negative_decay": (lambda lib: lib.Adam(decay=-0.1), ["eager"]),
+    "momentum_out_of_range": (lambda lib: lib.SGD(momentum=1.5), ["eager"]),
+    "tensor_loss_without_tape": (
+        lambda lib: lib.SGD().minimize(tf.constant(1.0), [tf.Variable(1.0)]), ["eager", "tf_function"]
+    ),
+    "set_weights_wrong_length": (lambda lib: _set_weights(lib, [np.int64(1)]), ["eager"]),
+    "set_weights_wrong_shape": (
+        lambda lib: _set_weights(lib, [np.int64(1), np.zeros(3, np.float32)]), ["eager"]
+    ),
+    "iterations_set_after_creation": (_set_iterations_late, ["eager"]),
+    "constraint_with_sparse_gradient": (_sparse_with_constraint, ["eager", "tf_function"]),
+    "apply_in_cross_replica_context": (_cross_replica, ["eager"]),
+    "get_unknown_identifier": (lambda lib: _library(lib).get(123), ["eager"]),
+    "deserialize_unknown_class": (
+        lambda lib: _library(lib).deserialize({"class_name": "NoSuchOptimizer", "config": {}}),
+        ["eager"],
+    ),
+}
+
+
+# tf_keras raises nothing here: its deserialize returns the class name, the
+# string "NoSuchOptimizer", in place of an optimizer. keras_opt raises ValueError.
+API_TF_KERAS_ACCEPTS = {"deserialize_unknown_class": ValueError}
+
+
+@pytest.mark.parametrize(
+    "case, mode", [(case, mode) for case, (_, modes) in sorted(API_CASES.items()) for mode in modes]
+)
+def test_api_misuse_matches_tf_keras_error_type(case, mode):
+    make, _ = API_CASES[case]
+    errors = {}
+    for key, lib in (("tf_keras", tf_keras_legacy), ("keras_opt", keras_opt)):
+
+        def run(lib=lib):
+            make(lib)
+
+        try:
+            run() if mode == "eager" else tf.function(run)()
+        except Exception as error:  # noqa: BLE001 - the error is what we compare
+            errors[key] = error
+    if "tf_keras" not in errors and case in API_TF_KERAS_ACCEPTS:
+        errors["tf_keras"] = API_TF_KERAS_ACCEPTS[case]("")
+    assert set(errors) == {"tf_keras", "keras_opt"}, errors
+    assert isinstance(errors["keras_opt"], type(errors["tf_keras"])), (
+        f"keras_opt raised {type(errors['keras_opt']).__mro__}, tf_keras "
+        f"{type(errors['tf_keras']).__name__}: {errors['tf_keras']}"
+    )
+    assert str(errors["keras_opt"])
