@@ -37,7 +37,10 @@ CASES = {
         "bad",
     ),
     "gradient_dtype": (
-        lambda good: [good, (tf.constant([1.0, 2.0], tf.float64), tf.Variable([1.0, 2.0], name="bad"))],
+        lambda good: [
+            good,
+            (tf.constant([1.0, 2.0], tf.float64), tf.Variable([1.0, 2.0], name="bad")),
+        ],
         "bad",
     ),
     "integer_variable": (
@@ -47,7 +50,10 @@ CASES = {
     "sparse_row_shape": (
         lambda good: [
             good,
-            (tf.IndexedSlices(tf.ones([1, 3]), tf.constant([0])), tf.Variable(tf.ones([2, 2]), name="bad")),
+            (
+                tf.IndexedSlices(tf.ones([1, 3]), tf.constant([0])),
+                tf.Variable(tf.ones([2, 2]), name="bad"),
+            ),
         ],
         "bad",
     ),
@@ -65,7 +71,10 @@ CASES = {
         lambda good: [good, (tf.constant([1.0]), tf.Variable([1.0], name="third"), 1)],
         "third",
     ),
-    "all_gradients_none": (lambda good: [(None, good[1]), (None, tf.Variable([1.0], name="other"))], "other"),
+    "all_gradients_none": (
+        lambda good: [(None, good[1]), (None, tf.Variable([1.0], name="other"))],
+        "other",
+    ),
 }
 
 
@@ -120,7 +129,9 @@ def test_bad_input_matches_tf_keras_error_type(case, mode):
     for opt_name in OPTIMIZERS:
         expected, *_ = _run(tf_keras_legacy, opt_name, case, mode)
         if expected is None:
-            assert (opt_name, case, mode) in TF_KERAS_ACCEPTS, f"tf_keras {opt_name} accepted {case} in {mode}"
+            assert (opt_name, case, mode) in TF_KERAS_ACCEPTS, (
+                f"tf_keras {opt_name} accepted {case} in {mode}"
+            )
             expected = TF_KERAS_ACCEPTS[(opt_name, case, mode)]("")
         error, w, opt, before = _run(keras_opt, opt_name, case, mode)
         assert error is not None, f"keras_opt {opt_name} accepted {case} in {mode}"
@@ -212,11 +223,15 @@ def tf_keras_optimizers():
 API_CASES = {
     "unknown_constructor_kwarg": (lambda lib: lib.SGD(foo=1.0), ["eager"]),
     "negative_clipnorm": (lambda lib: lib.SGD(clipnorm=-1.0), ["eager"]),
-    "clipnorm_and_global_clipnorm": (lambda lib: lib.SGD(clipnorm=1.0, global_clipnorm=1.0), ["eager"]),
+    "clipnorm_and_global_clipnorm": (
+        lambda lib: lib.SGD(clipnorm=1.0, global_clipnorm=1.0),
+        ["eager"],
+    ),
     "negative_decay": (lambda lib: lib.Adam(decay=-0.1), ["eager"]),
     "momentum_out_of_range": (lambda lib: lib.SGD(momentum=1.5), ["eager"]),
     "tensor_loss_without_tape": (
-        lambda lib: lib.SGD().minimize(tf.constant(1.0), [tf.Variable(1.0)]), ["eager", "tf_function"]
+        lambda lib: lib.SGD().minimize(tf.constant(1.0), [tf.Variable(1.0)]),
+        ["eager", "tf_function"],
     ),
     "set_weights_wrong_length": (lambda lib: _set_weights(lib, [np.int64(1)]), ["eager"]),
     "set_weights_wrong_shape": (

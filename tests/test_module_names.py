@@ -139,10 +139,14 @@ def test_base_loss_scale_optimizer_builds_the_right_wrapper():
 def test_strategy_supports_loss_scaling_matches_tf_keras():
     from tf_keras.src.mixed_precision import loss_scale_optimizer as tk_lso
 
-    assert ko_lso.strategy_supports_loss_scaling() is tk_lso.strategy_supports_loss_scaling() is True
-    for strategy in (tf.distribute.OneDeviceStrategy("/cpu:0"), tf.distribute.MirroredStrategy(["/cpu:0"])):
+    ours, theirs = ko_lso.strategy_supports_loss_scaling, tk_lso.strategy_supports_loss_scaling
+    assert ours() is theirs() is True
+    for strategy in (
+        tf.distribute.OneDeviceStrategy("/cpu:0"),
+        tf.distribute.MirroredStrategy(["/cpu:0"]),
+    ):
         with strategy.scope():
-            assert ko_lso.strategy_supports_loss_scaling() == tk_lso.strategy_supports_loss_scaling()
+            assert ours() == theirs()
     adam = keras_opt.Adam()
     adam.build([tf.Variable([1.0])])
     assert ko_lso.FakeOptimizerForRestoration(adam).get_slot_names() == ["m", "v"]
@@ -155,7 +159,8 @@ def test_learning_rate_schedule_module_serialize_and_experimental_schedules():
         (ko_lrs.ExponentialDecay(0.1, 10, 0.5), tk_lrs.ExponentialDecay(0.1, 10, 0.5)),
         (ko_lrs.LinearCosineDecay(0.1, 20, num_periods=2.0, alpha=0.1),
          tk_lrs.LinearCosineDecay(0.1, 20, num_periods=2.0, alpha=0.1)),
-        (ko_lrs.NoisyLinearCosineDecay(0.1, 20, seed=5), tk_lrs.NoisyLinearCosineDecay(0.1, 20, seed=5)),
+        (ko_lrs.NoisyLinearCosineDecay(0.1, 20, seed=5),
+         tk_lrs.NoisyLinearCosineDecay(0.1, 20, seed=5)),
     ]:  # fmt: skip
         config = ko_lrs.serialize(ours)
         assert config["config"] == tk_lrs.serialize(theirs)["config"]
@@ -170,7 +175,9 @@ def test_learning_rate_schedule_module_serialize_and_experimental_schedules():
     # No noise: the noisy schedule is the linear cosine one.
     quiet = ko_lrs.NoisyLinearCosineDecay(0.1, 20, initial_variance=0.0)
     plain = ko_lrs.LinearCosineDecay(0.1, 20)
-    np.testing.assert_array_equal([quiet(s).numpy() for s in range(22)], [plain(s).numpy() for s in range(22)])
+    np.testing.assert_array_equal(
+        [quiet(s).numpy() for s in range(22)], [plain(s).numpy() for s in range(22)]
+    )
 
 
 def test_optimizer_v2_module_helpers():
@@ -211,13 +218,19 @@ def test_import_keras_opt_does_not_import_tf_keras_or_keras():
     import sys
 
     code = (
-        "import sys; import tensorflow; before = {m for m in ('tf_keras', 'keras') if m in sys.modules}; "
-        "import keras_opt; after = {m for m in ('tf_keras', 'keras') if m in sys.modules}; "
+        "import sys; import tensorflow; names = ('tf_keras', 'keras'); "
+        "before = {m for m in names if m in sys.modules}; "
+        "import keras_opt; after = {m for m in names if m in sys.modules}; "
         "print(sorted(after - before))"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -72,14 +72,18 @@ def test_numpy_indexed_slices_eagerly(mode):
     "kwargs",
     [
         dict(initial_learning_rate=0.1, decay_steps=0, warmup_target=1.0, warmup_steps=5),
-        dict(initial_learning_rate=0.0, decay_steps=0, warmup_target=0.5, warmup_steps=3, alpha=0.1),
+        dict(
+            initial_learning_rate=0.0, decay_steps=0, warmup_target=0.5, warmup_steps=3, alpha=0.1
+        ),
     ],
 )
 def test_warmup_only_cosine_decay_matches_tf_keras(kwargs):
     ours = keras_opt.schedules.CosineDecay(**kwargs)
     theirs = tf_keras.optimizers.schedules.CosineDecay(**kwargs)
     steps = range(kwargs["warmup_steps"] + 3)  # past the warmup: tf_keras's NaN, too
-    np.testing.assert_array_equal([ours(s).numpy() for s in steps], [theirs(s).numpy() for s in steps])
+    np.testing.assert_array_equal(
+        [ours(s).numpy() for s in steps], [theirs(s).numpy() for s in steps]
+    )
     assert ours.get_config() == theirs.get_config()
     # Still refused: no warmup, so 0/0 at every step.
     with pytest.raises(ValueError, match="decay_steps"):
@@ -115,7 +119,9 @@ def _make_stat_optimizer(lib):
     return RunningStat
 
 
-@pytest.mark.parametrize("build_first", [False, True], ids=["restore_then_step", "build_then_restore"])
+@pytest.mark.parametrize(
+    "build_first", [False, True], ids=["restore_then_step", "build_then_restore"]
+)
 def test_slot_with_its_own_shape_restores_into_a_fresh_optimizer(tmp_path, build_first):
     results = {}
     for key, lib in LIBS.items():
