@@ -21,7 +21,7 @@ from keras_opt.optimizer_v2 import (
     RMSprop,
 )
 from keras_opt.optimizer_v2.rmsprop import RMSProp
-from keras_opt.serialization import deserialize, get, serialize
+from keras_opt.serialization import convert_to_legacy_optimizer, deserialize, get, serialize
 
 Optimizer = OptimizerV2
 
@@ -41,6 +41,7 @@ __all__ = [
     "RMSProp",
     "RMSprop",
     "SGD",
+    "convert_to_legacy_optimizer",
     "deserialize",
     "get",
     "mixed_precision",

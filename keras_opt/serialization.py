@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from keras_opt import optimizer_v2 as _opt
@@ -27,8 +28,56 @@ def _loss_scale_class(name: Any):
     return LossScaleOptimizer
 
 
-def serialize(optimizer: _opt.OptimizerV2) -> dict | None:
-    """Config dict of ``optimizer``: ``{"module", "class_name", "config", "registered_name"}``."""
+# Frameworks whose `register_keras_serializable` registry is honoured. A class
+# registered there was registered after its framework was imported, so a
+# framework not in sys.modules has nothing registered and is never imported.
+_REGISTRY_FRAMEWORKS = ("tf_keras", "keras")
+
+
+def _registries():
+    for name in _REGISTRY_FRAMEWORKS:
+        module = sys.modules.get(name)
+        saving = getattr(module, "saving", None)
+        if saving is not None and hasattr(saving, "get_registered_object"):
+            yield saving
+
+
+def _registered_name(cls: type) -> str | None:
+    """``"package>Name"`` when ``cls`` is registered with tf_keras or Keras 3."""
+    for saving in _registries():
+        name = saving.get_registered_name(cls)
+        if name != cls.__name__ and saving.get_registered_object(name) is cls:
+            return name
+    return None
+
+
+def _registered_class(name: Any, custom_objects: dict) -> Any:
+    """A keras_opt optimizer class registered under ``name`` (tf_keras or Keras 3)."""
+    if not isinstance(name, str):
+        return None
+    for saving in _registries():
+        cls = saving.get_registered_object(name, custom_objects=custom_objects)
+        if isinstance(cls, type) and issubclass(cls, _opt.OptimizerV2):
+            return cls
+    return None
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    # tf_keras's keywords: there is one (legacy) implementation of each optimizer
+    # here, so `use_legacy_optimizer` changes nothing.
+    unknown = set(kwargs) - {"use_legacy_optimizer", "use_legacy_format"}
+    if unknown:
+        raise TypeError(f"Invalid keyword arguments: {sorted(unknown)}")
+
+
+def serialize(optimizer: _opt.OptimizerV2, use_legacy_format: bool = False) -> dict | None:
+    """Config dict of ``optimizer``: ``{"module", "class_name", "config", "registered_name"}``.
+
+    A class registered with ``register_keras_serializable`` (tf_keras or Keras 3)
+    gets its ``"package>Name"`` as ``registered_name``. ``use_legacy_format=True``
+    gives tf_keras's older ``{"class_name", "config"}`` form (the class name is
+    then the registered name, as in tf_keras).
+    """
     if optimizer is None:
         return None
     if not isinstance(optimizer, _opt.OptimizerV2):
@@ -38,20 +87,30 @@ def serialize(optimizer: _opt.OptimizerV2) -> dict | None:
         )
     cls = type(optimizer)
     builtin = _BUILTIN.get(cls.__name__.lower()) is cls
+    registered = None if builtin else (_registered_name(cls) or cls.__name__)
+    if use_legacy_format:
+        return {"class_name": registered or cls.__name__, "config": optimizer.get_config()}
     return {
         "module": "keras_opt" if builtin else cls.__module__,
         "class_name": cls.__name__,
         "config": optimizer.get_config(),
-        "registered_name": None if builtin else cls.__name__,
+        "registered_name": registered,
     }
 
 
-def deserialize(config: dict, custom_objects: dict | None = None) -> _opt.OptimizerV2:
+def deserialize(
+    config: dict, custom_objects: dict | None = None, use_legacy_format: bool = False, **kwargs
+) -> _opt.OptimizerV2:
     """Builds an optimizer from a `serialize` dict (also tf_keras's legacy dicts).
 
     ``class_name`` is looked up in ``custom_objects`` first, then among the
-    built-in optimizers case-insensitively (``LossScaleOptimizer`` included).
+    classes registered with tf_keras's or Keras 3's ``register_keras_serializable``
+    (by ``registered_name``, then ``class_name``), then among the built-in
+    optimizers case-insensitively (``LossScaleOptimizer`` included). Both dict
+    forms are read whatever ``use_legacy_format`` says; ``use_legacy_optimizer=``
+    is accepted as in tf_keras.
     """
+    _check_kwargs(kwargs)
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
             "`deserialize` expects a dict with 'class_name' and 'config' keys; received "
@@ -60,6 +119,9 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> _opt.Optimi
     custom_objects = custom_objects or {}
     name = config["class_name"]
     cls = custom_objects.get(name) or custom_objects.get(config.get("registered_name"))
+    if cls is None:
+        cls = _registered_class(config.get("registered_name"), custom_objects)
+        cls = cls or _registered_class(name, custom_objects)
     if cls is None:
         cls = _BUILTIN.get(str(name).lower()) or _loss_scale_class(name)
     if cls is None:
@@ -72,8 +134,14 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> _opt.Optimi
     return cls.from_config(kwargs, custom_objects=custom_objects)
 
 
-def get(identifier: Any) -> _opt.OptimizerV2:
-    """An optimizer from an instance, a name (``"adam"``, case-insensitive) or a config dict."""
+def get(identifier: Any, **kwargs) -> _opt.OptimizerV2:
+    """An optimizer from an instance, a name (``"adam"``, case-insensitive) or a config dict.
+
+    Accepts tf_keras's ``use_legacy_optimizer=`` keyword (see `deserialize`).
+    """
+    kwargs.pop("use_legacy_optimizer", None)
+    if kwargs:
+        raise TypeError(f"Invalid keyword arguments: {sorted(kwargs)}")
     if isinstance(identifier, _opt.OptimizerV2):
         return identifier
     if isinstance(identifier, dict):
@@ -81,3 +149,37 @@ def get(identifier: Any) -> _opt.OptimizerV2:
     if isinstance(identifier, str):
         return deserialize({"class_name": identifier, "config": {}})
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
+
+
+# Config keys of tf_keras's and Keras 3's new optimizers that legacy optimizers lack.
+_NEW_OPTIMIZER_KEYS = (
+    "weight_decay",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "jit_compile",
+    "is_legacy_optimizer",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
+
+
+def convert_to_legacy_optimizer(optimizer: Any) -> _opt.OptimizerV2:
+    """The keras_opt (legacy) optimizer equivalent to a tf_keras or Keras 3 optimizer.
+
+    As tf_keras's ``convert_to_legacy_optimizer``: the class is looked up by name
+    (``Adam`` -> `keras_opt.Adam`), the config is taken over without the keys
+    legacy optimizers do not have (``weight_decay``, EMA, ``jit_compile``, ...);
+    a learning-rate schedule becomes the equivalent keras_opt schedule. Slots
+    and other state are not carried over.
+    """
+    if isinstance(optimizer, _opt.OptimizerV2) or not callable(
+        getattr(optimizer, "get_config", None)
+    ):
+        raise ValueError(
+            "`convert_to_legacy_optimizer` should only be called on instances of "
+            "tf_keras's or Keras 3's `Optimizer` (not a legacy or keras_opt optimizer); "
+            f"received: {type(optimizer).__name__}."
+        )
+    config = {k: v for k, v in optimizer.get_config().items() if k not in _NEW_OPTIMIZER_KEYS}
+    return deserialize({"class_name": type(optimizer).__name__.lower(), "config": config})

@@ -264,10 +264,22 @@ def test_malformed_pairs():
         keras_opt.SGD().apply_gradients([w])
 
 
-def test_empty_list_is_an_error():
-    # tf_keras silently returns a no-op here; an empty update is almost always a bug.
-    with pytest.raises(ValueError, match="empty"):
-        keras_opt.SGD().apply_gradients([])
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "tf_function"])
+def test_empty_list_is_a_no_op_like_tf_keras(eager):
+    # tf_keras returns a no-op (a Keras fit with every layer frozen calls this):
+    # the optimizer's weights are created, nothing else changes.
+    results = {}
+    for lib in (keras_opt, tf_keras_legacy):
+        opt = lib.SGD(learning_rate=0.5)
+
+        def step(opt=opt):
+            opt.apply_gradients([])
+
+        step() if eager else tf.function(step)()
+        results[lib.__name__] = ([w.name for w in opt.weights], opt.get_weights())
+    ko, tfk = results["keras_opt"], results[tf_keras_legacy.__name__]
+    assert ko[0] == tfk[0] == ["SGD/iter:0"]
+    assert ko[1] == tfk[1] == [0]
 
 
 def test_all_none_gradients_and_partial_none(caplog):

@@ -15,7 +15,10 @@ Decisions checked here (see also the README):
 * ``get_weights``/``set_weights``/``get_config`` read and write through the
   default session, and never initialize variables behind the user's back:
   ``tf.compat.v1.global_variables_initializer()`` covers the optimizer's
-  variables (they are in the global collection).
+  variables (they are in the global collection). Without a default session,
+  ``get_weights``/``get_config`` read through ``tf_keras.backend.get_session()``
+  as tf_keras does (so they agree with the user's Keras code); without tf_keras,
+  hyperparameters still equal to their Python numbers need no session.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import tensorflow as tf
 from tf_keras.optimizers import legacy as tf_keras_legacy
 
 import keras_opt
+from keras_opt.optimizer_v2 import variables as variables_lib
 
 import dist_utils
 from cases import CASES, NAMES, STEPS, VAR_SHAPE, case_id, gradient_stream, initial_values
@@ -349,13 +353,48 @@ def test_get_and_set_weights_through_the_default_session():
                 with pytest.raises(ValueError, match="shape"):
                     opt.set_weights([np.int64(1), np.zeros((2, 2)), np.zeros(VAR_SHAPE)])
         if lib is keras_opt:
-            with graph.as_default():
-                with pytest.raises(RuntimeError, match="default session"):
-                    opt.get_weights()
-                with pytest.raises(RuntimeError, match="default session"):
-                    opt.set_weights(weights[key])
+            with graph.as_default(), pytest.raises(RuntimeError, match="default session"):
+                opt.set_weights(weights[key])
     for a, b in zip(weights["keras_opt"], weights["tf_keras"]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_without_default_session_reads_through_tf_keras_session():
+    # An optimizer built in a TF1 graph, no session anywhere: tf_keras reads its
+    # config and weights through its backend session (initializing them there);
+    # keras_opt reads through that same session, so the values agree.
+    results = {}
+    for key, lib in LIBS.items():
+        graph, opt, *_ = _graph_adam(lib)
+        with graph.as_default():
+            results[key] = (opt.get_config(), opt.get_weights())
+    assert results["keras_opt"][0] == results["tf_keras"][0]
+    assert len(results["keras_opt"][1]) == len(results["tf_keras"][1]) == 3
+    for a, b in zip(results["keras_opt"][1], results["tf_keras"][1]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_without_tf_keras_and_session_config_reads_python_values(monkeypatch):
+    # Without tf_keras and without a default session, hyperparameters still equal
+    # to the Python numbers they were created from need no session; the rest
+    # raises the clear error.
+    monkeypatch.setattr(variables_lib, "_tf_keras_session", lambda variables: None)
+    graph, opt, *_ = _graph_adam(keras_opt)
+    _, tfk_opt, _, _, _, tfk_init = _graph_adam(LIBS["tf_keras"])
+    with v1.Session(graph=tfk_opt.iterations.graph) as session:
+        session.run(tfk_init)
+        expected = tfk_opt.get_config()
+    with graph.as_default():
+        config = opt.get_config()
+        assert config == expected
+        assert type(config["learning_rate"]) is type(expected["learning_rate"])
+        with pytest.raises(RuntimeError, match="default session"):
+            opt.get_weights()
+        with v1.Session(graph=graph) as session:
+            session.run(v1.global_variables_initializer())
+            opt.learning_rate = 0.5  # changed: the Python value no longer holds
+        with pytest.raises(RuntimeError, match="default session"):
+            opt.get_config()
 
 
 def test_uninitialized_optimizer_variables_are_not_initialized_implicitly():

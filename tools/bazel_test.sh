@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run `bazel test` offline: every external repository Bazel would download is
-# overridden with a local stand-in (see /work/shared/bazel/README.md).
+# overridden with a local stand-in: the mock repositories that Debian's
+# bazel-bootstrap-source ships, and third_party/bazel/remote_coverage_tools (in
+# this repository). The recipe is in README.md, section "Bazel".
 # Usage: bash tools/bazel_test.sh [bazel test args/targets...]   (default //:all)
 set -euo pipefail
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import sys
 from typing import Any, Iterable, Sequence
 
 import tensorflow as tf
@@ -124,13 +125,22 @@ def _assign_if_finite(var: tf.Variable, value: tf.Tensor):
     return tf.cond(tf.math.is_finite(value), lambda: _op_or_tensor(var.assign(value)), tf.no_op)
 
 
+def strategy_supports_loss_scaling() -> bool:
+    """True when the current strategy (if any) supports loss scaling, as in tf_keras.
+
+    Loss scaling needs one variable copy per compute replica: no strategy,
+    MirroredStrategy, MultiWorkerMirroredStrategy or OneDeviceStrategy.
+    """
+    if not tf.distribute.has_strategy():
+        return True
+    return isinstance(tf.distribute.get_strategy(), _SUPPORTED_STRATEGIES)
+
+
 def _check_strategy() -> None:
     """Loss scaling needs one variable copy per compute replica (Mirrored-style)."""
-    if not tf.distribute.has_strategy():
+    if strategy_supports_loss_scaling():
         return
     strategy = tf.distribute.get_strategy()
-    if isinstance(strategy, _SUPPORTED_STRATEGIES):
-        return
     if isinstance(strategy, _TPU_STRATEGIES):
         raise ValueError(
             "LossScaleOptimizer does not support TPUStrategy: TPUs train in bfloat16, "
@@ -285,9 +295,71 @@ class _TF22SlotRestorer(tf.__internal__.tracking.Trackable):
         return self._optimizer._create_or_restore_slot_variable(*args, **kwargs)
 
 
+# tf_keras's name for the same thing (TF 2.2 checkpoints' ``base_optimizer``).
+FakeOptimizerForRestoration = _TF22SlotRestorer
+
+
+def _foreign_loss_scale_classes() -> tuple:
+    """tf_keras's and Keras 3's loss-scale optimizer classes, if those are imported."""
+    classes = []
+    tf_keras = sys.modules.get("tf_keras")
+    if tf_keras is not None:
+        classes.append(tf_keras.mixed_precision.LossScaleOptimizer)
+    keras = sys.modules.get("keras")
+    keras_lso = getattr(getattr(keras, "optimizers", None), "LossScaleOptimizer", None)
+    if isinstance(keras_lso, type):
+        classes.append(keras_lso)
+    return tuple(classes)
+
+
+class LossScaleOptimizerMetaclass(type):
+    """Makes ``BaseLossScaleOptimizer(inner)`` build the loss-scale optimizer for ``inner``.
+
+    As tf_keras's: constructing the base picks the wrapper that fits the inner
+    optimizer. A keras_opt optimizer gets keras_opt's `LossScaleOptimizer`; a
+    tf_keras optimizer tf_keras's, a Keras 3 optimizer Keras 3's (those
+    frameworks are already imported when one of their optimizers exists).
+    ``isinstance(x, BaseLossScaleOptimizer)`` holds for all of them.
+    """
+
+    def __call__(cls, inner_optimizer, *args, **kwargs):
+        if cls is not BaseLossScaleOptimizer:
+            return super().__call__(inner_optimizer, *args, **kwargs)
+        if isinstance(inner_optimizer, optimizer_v2.OptimizerV2):
+            return LossScaleOptimizer(inner_optimizer, *args, **kwargs)
+        module = type(inner_optimizer).__module__.split(".")[0]
+        if module == "tf_keras" and "tf_keras" in sys.modules:
+            wrapper = sys.modules["tf_keras"].mixed_precision.LossScaleOptimizer
+            return wrapper(inner_optimizer, *args, **kwargs)
+        keras = sys.modules.get("keras")
+        if keras is not None and isinstance(inner_optimizer, keras.optimizers.Optimizer):
+            return keras.optimizers.LossScaleOptimizer(inner_optimizer, *args, **kwargs)
+        raise TypeError(
+            '"inner_optimizer" must be an optimizer (keras_opt, tf_keras or Keras 3), but '
+            f"got: {inner_optimizer!r:.200}."
+        )
+
+    def __instancecheck__(cls, instance) -> bool:
+        if super().__instancecheck__(instance):
+            return True
+        return cls is BaseLossScaleOptimizer and isinstance(
+            instance, _foreign_loss_scale_classes()
+        )
+
+
+class BaseLossScaleOptimizer(metaclass=LossScaleOptimizerMetaclass):
+    """The common base of loss-scale optimizers, as in tf_keras.
+
+    Use it in ``isinstance`` checks, or call it with any optimizer to get the
+    loss-scale optimizer that wraps it (see `LossScaleOptimizerMetaclass`).
+    """
+
+
 # ------------------------------------------------------------------ the optimizer
 class LossScaleOptimizer(
-    tf.__internal__.tracking.DelegatingTrackableMixin, optimizer_v2.OptimizerV2
+    tf.__internal__.tracking.DelegatingTrackableMixin,
+    optimizer_v2.OptimizerV2,
+    BaseLossScaleOptimizer,
 ):
     """Wraps a keras_opt optimizer and scales the loss to avoid float16 underflow.
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from typing import Any, Iterator
 
 import tensorflow as tf
@@ -72,7 +73,36 @@ def value_fits(position: Any, var: Any, slot_shape: Any = None) -> bool:
     """
     if slot_shape is not None:
         return True
-    return tf.TensorShape(position.value_shape()) == tf.TensorShape(var.shape)
+    if tf.TensorShape(position.value_shape()) == tf.TensorShape(var.shape):
+        return True
+    # A slot made with `add_slot(var, name, shape=...)` has a shape of its own:
+    # it fits when the model variable itself is in the checkpoint with the
+    # shape it has now (so the model did not change).
+    var_shape = _checkpointed_variable_shape(position)
+    return var_shape is not None and tf.TensorShape(var_shape) == tf.TensorShape(var.shape)
+
+
+_SLOT_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _checkpointed_variable_shape(position: Any) -> Any:
+    """The checkpointed shape of the model variable whose slot value ``position`` is."""
+    checkpoint = position.checkpoint
+    owners = _SLOT_OWNERS.get(checkpoint)
+    if owners is None:  # slot node id -> model variable node id, once per checkpoint
+        owners = {
+            ref.slot_variable_node_id: ref.original_variable_node_id
+            for node in checkpoint.object_graph_proto.nodes
+            for ref in node.slot_variables
+        }
+        _SLOT_OWNERS[checkpoint] = owners
+    owner = owners.get(position._proto_id)
+    if owner is None:
+        return None
+    for tensor in checkpoint.object_graph_proto.nodes[owner].attributes:
+        if tensor.name == "VARIABLE_VALUE":
+            return checkpoint.shape_map.get(tensor.checkpoint_key)
+    return None
 
 
 def note_checkpoint_slot(opt: Any, var: Any, slot_name: str) -> None:

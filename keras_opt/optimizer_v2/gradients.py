@@ -18,28 +18,64 @@ GradsAndVars = list[tuple[Any, Any]]
 GradientStage = Callable[[GradsAndVars], GradsAndVars]
 
 
-class InvalidGradientError(tf.errors.InvalidArgumentError, ValueError):
-    """A gradient or variable that cannot be applied.
+# Why the error classes below look the way they do: a `tf.function` runs the
+# traced Python code under AutoGraph, and AutoGraph re-creates every exception
+# raised there (to append the trace of the user's code to the message) from the
+# original's type. It can do that for an `OpError` subclass whose ``__init__``
+# takes exactly ``(node_def, op, message)`` (called with the payloads as a 4th
+# argument) and for a class whose ``__init__`` is ``Exception.__init__``; any
+# other class becomes an ``AutoGraph StagingError``, so the user's
+# ``except ValueError`` never fires. Each class here is rebuildable that way,
+# and tests/test_bad_input.py raises every one inside a tf.function.
 
-    It is a ``tf.errors.InvalidArgumentError`` (what tf_keras's raw kernels raise
-    for the same input, only later and after updating the variables before it)
-    and a ``ValueError`` (what tf_keras raises for invalid dtypes in
-    ``minimize``), so existing handlers of either keep working.
+
+class InvalidGradientError(tf.errors.InvalidArgumentError, ValueError, TypeError):
+    """A gradient or variable that cannot be applied (wrong shape or dtype).
+
+    For the same input tf_keras raises, depending on the optimizer and on
+    eager or graph execution, ``tf.errors.InvalidArgumentError`` (its kernels,
+    eagerly, after updating the variables before the bad one), ``ValueError``
+    (shape inference in a graph) or ``TypeError`` (dtype checks in a graph, or
+    an integer variable). This error is all three, so existing handlers of any
+    of them keep working.
+
+    ``InvalidGradientError(message)`` is the short form; the ``(node_def, op,
+    message, *payloads)`` form is ``OpError``'s, which AutoGraph uses.
     """
 
-    def __init__(self, message: str):
-        tf.errors.InvalidArgumentError.__init__(self, None, None, message)
+    def __init__(self, node_def=None, op=None, message=None, *args):
+        if message is None and op is None and isinstance(node_def, str):
+            node_def, message = None, node_def
+        tf.errors.InvalidArgumentError.__init__(self, node_def, op, message, *args)
 
     def __reduce__(self):
-        return (type(self), (self.message,))
+        return (type(self), (None, None, self.message))
 
 
-class NotAVariableError(TypeError, AttributeError):
+class NotAVariableError(NotImplementedError, TypeError, AttributeError):
     """Something other than a variable was paired with a gradient.
 
-    tf_keras raises an ``AttributeError`` here (from deep inside its slot code);
-    this is also a ``TypeError``, the natural type for a wrong argument.
+    tf_keras raises ``NotImplementedError`` ("Updating a `Tensor` is not
+    implemented") or, for optimizers with slots, an ``AttributeError`` from deep
+    inside its slot code; this is both, and a ``TypeError``, the natural type
+    for a wrong argument.
     """
+
+    __init__ = Exception.__init__  # rebuildable by AutoGraph (see above)
+
+
+class NotAPairError(
+    tf.errors.OperatorNotAllowedInGraphError, NotImplementedError, ValueError, AttributeError
+):
+    """An element of ``grads_and_vars`` is not a ``(gradient, variable)`` pair.
+
+    tf_keras unpacks each element: a tensor or variable in place of a pair
+    raises ``NotImplementedError``, ``AttributeError`` or ``TypeError`` eagerly
+    and ``OperatorNotAllowedInGraphError`` (iterating a symbolic tensor) in a
+    graph; a tuple of the wrong length raises ``ValueError``. This is all of them.
+    """
+
+    __init__ = Exception.__init__  # rebuildable by AutoGraph (see above)
 
 
 def _format_pair(grad: Any, var: Any) -> str:
@@ -51,7 +87,7 @@ def as_pairs(grads_and_vars: Iterable[Any]) -> GradsAndVars:
     pairs = []
     for item in grads_and_vars:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(
+            raise NotAPairError(
                 "`grads_and_vars` must be an iterable of (gradient, variable) pairs; "
                 f"got the element {item!r:.200}."
             )
@@ -62,14 +98,16 @@ def as_pairs(grads_and_vars: Iterable[Any]) -> GradsAndVars:
 def filter_empty_gradients(grads_and_vars: GradsAndVars) -> GradsAndVars:
     """Drops pairs whose gradient is None, with a warning naming those variables.
 
-    Raises ValueError when the list is empty or when every gradient is None:
-    an optimizer step that would silently do nothing is almost always a bug.
+    An empty list stays empty (tf_keras's ``apply_gradients([])`` is a no-op,
+    e.g. for a model whose layers are all frozen). Raises ValueError when every
+    gradient is None, naming the variables.
     """
     if not grads_and_vars:
-        raise ValueError(
-            "`apply_gradients` received an empty list of (gradient, variable) pairs: "
-            "there is nothing to update. Pass at least one pair."
+        logging.warning(
+            "`apply_gradients` received no (gradient, variable) pairs; nothing is updated "
+            "and `iterations` does not change."
         )
+        return []
     kept = [(g, v) for g, v in grads_and_vars if g is not None]
     if not kept:
         names = [variables_lib.variable_name(v) for _, v in grads_and_vars]
@@ -110,7 +148,9 @@ def check_gradients(grads_and_vars: GradsAndVars, valid_dtypes: frozenset) -> Gr
                 f"Variable {name} has dtype {var_dtype.name}, which this optimizer cannot "
                 f"train; expected one of {sorted(d.name for d in valid_dtypes)}."
             )
-        if not isinstance(grad, (tf.Tensor, tf.IndexedSlices)) and not tf.is_tensor(grad):
+        if isinstance(grad, tf.IndexedSlices):
+            grad = _indexed_slices_of_tensors(grad)
+        elif not tf.is_tensor(grad):
             grad = tf.convert_to_tensor(grad)
         if grad.dtype.base_dtype != var_dtype:
             raise InvalidGradientError(
@@ -131,6 +171,21 @@ def check_gradients(grads_and_vars: GradsAndVars, valid_dtypes: frozenset) -> Gr
             )
         checked.append((grad, var))
     return checked
+
+
+def _indexed_slices_of_tensors(grad: tf.IndexedSlices) -> tf.IndexedSlices:
+    """``grad`` with numpy (or list) values, indices and dense shape made tensors.
+
+    tf_keras accepts ``tf.IndexedSlices(numpy_values, numpy_indices)``; its
+    ``dtype`` is then a numpy dtype, which the checks and kernels cannot use.
+    """
+    parts = [grad.values, grad.indices, grad.dense_shape]
+    if all(p is None or tf.is_tensor(p) for p in parts):
+        return grad
+    values, indices, dense_shape = (
+        p if p is None or tf.is_tensor(p) else tf.convert_to_tensor(p) for p in parts
+    )
+    return tf.IndexedSlices(values, indices, dense_shape)
 
 
 def all_reduce_sum_gradients(grads_and_vars: GradsAndVars) -> GradsAndVars:

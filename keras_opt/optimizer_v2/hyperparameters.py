@@ -108,6 +108,7 @@ class HyperparameterMixin:
             # In a TF1 graph this runs the assignment in the default session, like
             # tf_keras's backend.set_value; eagerly and in tf.function it assigns.
             variables_lib.assign_now(previous, value)
+            self.__dict__.get("_hyper_python_values", {}).pop(name, None)
 
     def _get_hyper(self, name: str, dtype: tf.DType | None = None):
         """The value of hyperparameter ``name`` (schedules are returned as they are)."""
@@ -123,7 +124,7 @@ class HyperparameterMixin:
         return value
 
     def _create_hypers(self) -> None:
-        """Turns numeric hyperparameters into scalar float32 variables (once)."""
+        """Turns numeric hyperparameters into scalar variables of their own dtype (once)."""
         if self._hypers_created:
             return
         with tf.init_scope(), self._distribution_strategy_scope():
@@ -137,6 +138,8 @@ class HyperparameterMixin:
                     initializer=value,
                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
                 )
+                if isinstance(value, numbers.Number):  # read without a session (TF1)
+                    self.__dict__.setdefault("_hyper_python_values", {})[name] = value
         self._hypers_created = True
 
     def _serialize_hyperparameter(self, name: str):
@@ -147,7 +150,8 @@ class HyperparameterMixin:
         if callable(value):
             return value()
         if tf.is_tensor(value) or isinstance(value, tf.Variable):
-            return variables_lib.batch_get_value([value])[0]
+            python_value = self.__dict__.get("_hyper_python_values", {}).get(name)
+            return variables_lib.batch_get_value([value], [python_value])[0]
         return value
 
     def _decayed_lr(self, var_dtype: tf.DType):

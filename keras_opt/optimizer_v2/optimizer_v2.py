@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import inspect
 import itertools
 import numbers
 import warnings
@@ -39,10 +38,15 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.util import tf_inspect
 
 from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
+from keras_opt.optimizer_v2.legacy_names import (  # noqa: F401  (tf_keras's module names)
+    NullContextmanager,
+    name_scope_only_in_function_or_graph,
+)
 
 _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
@@ -75,11 +79,6 @@ def _name_scope_in_graph(name: str):
     else:
         with tf.name_scope(name):
             yield
-
-
-@functools.cache
-def _accepts_apply_state(function: Callable) -> bool:
-    return "apply_state" in inspect.signature(function).parameters
 
 
 class OptimizerV2(
@@ -342,6 +341,8 @@ class OptimizerV2(
         with tf.name_scope(self._name):
             with tf.init_scope():
                 self._create_all_weights(var_list)
+            if not grads_and_vars:  # as tf_keras: a no-op (all layers frozen)
+                return tf.no_op()
             if tf.distribute.in_cross_replica_context():
                 raise RuntimeError(
                     "`apply_gradients() cannot be called in cross-replica context. Use "
@@ -410,18 +411,28 @@ class OptimizerV2(
                     f"Cannot use a constraint function on a sparse variable: variable "
                     f"{var.name} has constraint {var.constraint} and received IndexedSlices."
                 )
-            if _accepts_apply_state(type(self)._resource_apply_sparse):
+            if "apply_state" in self._sparse_apply_args:
                 kwargs["apply_state"] = apply_state
             return self._resource_apply_sparse_duplicate_indices(
                 grad.values, var, grad.indices, **kwargs
             )
-        if _accepts_apply_state(type(self)._resource_apply_dense):
+        if "apply_state" in self._dense_apply_args:
             kwargs["apply_state"] = apply_state
         update_op = self._resource_apply_dense(grad, var, **kwargs)
         if var.constraint is None:
             return update_op
         with tf.control_dependencies([update_op]):
             return var.assign(var.constraint(var))
+
+    @functools.cached_property
+    def _dense_apply_args(self) -> list[str]:
+        """Argument names of `_resource_apply_dense` (tf_keras's cached list)."""
+        return tf_inspect.getfullargspec(self._resource_apply_dense).args
+
+    @functools.cached_property
+    def _sparse_apply_args(self) -> list[str]:
+        """Argument names of `_resource_apply_sparse` (wrappers read their inner's)."""
+        return tf_inspect.getfullargspec(self._resource_apply_sparse).args
 
     @_no_autograph
     def build(self, var_list: Iterable[Any]) -> None:
@@ -552,6 +563,7 @@ class OptimizerV2(
                 )
             pairs.append((param, value))
         variables_lib.batch_set_value(pairs)
+        self.__dict__.pop("_hyper_python_values", None)  # no longer the values
 
     # ------------------------------------------------------------------- prepare
     def _prepare(self, var_list):
@@ -706,3 +718,13 @@ def _graph_of(ops):
         if graph is not None:
             return graph
     return tf.compat.v1.get_default_graph()
+
+
+def __getattr__(name: str):
+    # tf_keras defines RestoredOptimizer in this module; ours lives in saved_model.py,
+    # which imports this module, so it is looked up on first access.
+    if name == "RestoredOptimizer":
+        from keras_opt.optimizer_v2.saved_model import RestoredOptimizer
+
+        return RestoredOptimizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ identical for a variable and every wrapper of it.
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any, Callable
 
 import numpy as np
@@ -116,7 +117,10 @@ def make_variable(
     if callable(initializer):
         initial_value = functools.partial(initializer, shape, dtype=dtype)
     else:
-        initial_value = initializer
+        # As tf_keras: a value keeps its own dtype (a hyperparameter set to True
+        # is a bool variable, 3 an int32 one, np.float64(0.5) a float64 one; a
+        # Python float is float32, so the built-in optimizers' hypers are float32).
+        initial_value, dtype = initializer, None
     return tf.Variable(
         initial_value=initial_value,
         name=name,
@@ -164,12 +168,46 @@ def _assign_op(var: Any, ndim: int):
     return cached
 
 
-def batch_get_value(variables: list[Any]) -> list[np.ndarray]:
-    """Reads variables as numpy arrays, eagerly or through the default session."""
+def _tf_keras_session(variables: list[Any]) -> Any:
+    """The session tf_keras code reads these variables with, if tf_keras is installed.
+
+    That is ``tf_keras.backend.get_session()`` in the variables' graph (it also
+    initializes variables not initialized yet, as it does for the user's Keras
+    code), so the values agree with what that code sees. tf_keras is imported
+    here only, never by ``import keras_opt``.
+    """
+    if importlib.util.find_spec("tf_keras") is None:
+        return None
+    # tf_keras's optimizers register their variables with `track_variable`, so
+    # that its session initializes them on first use; keras_opt's do the same here.
+    from tf_keras.src import backend
+
+    with variables[0].graph.as_default():
+        for var in variables:
+            backend.track_variable(var)
+        return backend.get_session(list(variables))
+
+
+def batch_get_value(variables: list[Any], python_values: list[Any] | None = None) -> list:
+    """Reads variables as numpy arrays, eagerly or through a session.
+
+    In a TF1 graph: the default session; without one, tf_keras's session (as
+    tf_keras reads them); without tf_keras, ``python_values`` (the Python
+    numbers the variables were created from and never changed since, None
+    where unknown) when all are known; otherwise a RuntimeError.
+    """
     if not variables:
         return []
     if in_session_graph():
-        return _default_session("read variables").run(list(variables))
+        session = tf.compat.v1.get_default_session() or _tf_keras_session(variables)
+        if session is None:
+            if python_values is not None and all(v is not None for v in python_values):
+                return [
+                    np.asarray(value, dtype=var.dtype.base_dtype.as_numpy_dtype)[()]
+                    for var, value in zip(variables, python_values)
+                ]
+            session = _default_session("read variables")
+        return session.run(list(variables))
     return [v.numpy() for v in variables]
 
 

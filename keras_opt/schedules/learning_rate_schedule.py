@@ -14,7 +14,9 @@ a bad configuration fails at construction with a ``ValueError`` naming the argum
 instead of producing ``nan`` or ``inf`` thousands of steps later. Tensor arguments
 are accepted as tf_keras accepts them, without checks.
 
-``serialize`` / ``deserialize`` live in ``keras_opt.schedules.serialization``.
+``serialize`` / ``deserialize`` live in ``keras_opt.schedules.serialization``; this
+module has them too (tf_keras code imports them from here), as well as tf_keras's
+experimental ``LinearCosineDecay`` and ``NoisyLinearCosineDecay``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -438,7 +440,14 @@ class CosineDecay(LearningRateSchedule):
         super().__init__()
         cls = type(self).__name__
         _check_number(cls, "initial_learning_rate", initial_learning_rate, why=_RATE_WHY)
-        _check_number(cls, "decay_steps", decay_steps, positive=True, why=_STEPS_WHY)
+        # decay_steps=0 with a warmup is a warmup-only schedule (tf_keras's own
+        # tests use it): meaningful for every step before the end of the warmup.
+        warmup_only = warmup_target is not None and not (
+            _is_number(warmup_steps) and warmup_steps <= 0
+        )
+        _check_number(
+            cls, "decay_steps", decay_steps, positive=not warmup_only, why=_STEPS_WHY
+        )
         _check_number(cls, "alpha", alpha, why=" A negative alpha makes the final rate negative.")
         _check_number(cls, "warmup_target", warmup_target, why=_RATE_WHY)
         _check_number(cls, "warmup_steps", warmup_steps, why=" It is a number of steps.")
@@ -613,3 +622,140 @@ class CosineDecayRestarts(LearningRateSchedule):
             "alpha": self.alpha,
             "name": self.name,
         }
+
+
+class LinearCosineDecay(LearningRateSchedule):
+    r"""Linear cosine decay (Bello et al., 2017), tf_keras's ``experimental`` schedule.
+
+    With ``t' = min(t, decay_steps)``:
+
+    .. math::
+        \text{lr}(t) = \eta_0 \Big(\big(\alpha + \tfrac{\text{decay\_steps} - t'}
+        {\text{decay\_steps}}\big) \cdot \tfrac12\big(1 + \cos(2\pi\, n\, t' /
+        \text{decay\_steps})\big) + \beta\Big)
+
+    with ``n = num_periods``.
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: Any,
+        decay_steps: Any,
+        num_periods: Any = 0.5,
+        alpha: Any = 0.0,
+        beta: Any = 0.001,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        cls = type(self).__name__
+        _check_number(cls, "initial_learning_rate", initial_learning_rate, why=_RATE_WHY)
+        _check_number(cls, "decay_steps", decay_steps, positive=True, why=_STEPS_WHY)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.num_periods = num_periods
+        self.alpha = alpha
+        self.beta = beta
+        self.name = name
+
+    def _linear_cosine(self, step: Any, noise: Callable | None = None) -> tf.Tensor:
+        with tf.name_scope(self.name or type(self).__name__) as name:
+            initial_learning_rate = tf.convert_to_tensor(
+                self.initial_learning_rate, name="initial_learning_rate"
+            )
+            dtype = initial_learning_rate.dtype
+            decay_steps = tf.cast(self.decay_steps, dtype)
+            if noise is not None:
+                initial_variance = tf.cast(self.initial_variance, dtype)
+                variance_decay = tf.cast(self.variance_decay, dtype)
+            num_periods = tf.cast(self.num_periods, dtype)
+            alpha = tf.cast(self.alpha, dtype)
+            beta = tf.cast(self.beta, dtype)
+            t = tf.minimum(tf.cast(step, dtype), decay_steps)
+            linear_decayed = (decay_steps - t) / decay_steps
+            if noise is not None:
+                std = tf.sqrt(initial_variance / tf.pow(1.0 + t, variance_decay))
+                linear_decayed = linear_decayed + noise(linear_decayed.shape, std)
+            fraction = 2.0 * num_periods * (t / decay_steps)
+            cosine_decayed = 0.5 * (1.0 + tf.cos(tf.constant(math.pi, dtype=dtype) * fraction))
+            decayed = (alpha + linear_decayed) * cosine_decayed + beta
+            return tf.multiply(initial_learning_rate, decayed, name=name)
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        return self._linear_cosine(step)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "num_periods": self.num_periods,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "name": self.name,
+        }
+
+
+class NoisyLinearCosineDecay(LinearCosineDecay):
+    r"""`LinearCosineDecay` with Gaussian noise added to the linear term.
+
+    The noise has variance ``initial_variance / (1 + t')**variance_decay``. As in
+    tf_keras, it is drawn with ``tf.random.normal`` (float32), seeded with
+    ``seed``, ``seed + 1``, ... on successive calls when ``seed`` is given.
+    """
+
+    def __init__(
+        self,
+        initial_learning_rate: Any,
+        decay_steps: Any,
+        initial_variance: Any = 1.0,
+        variance_decay: Any = 0.55,
+        num_periods: Any = 0.5,
+        alpha: Any = 0.0,
+        beta: Any = 0.001,
+        seed: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(initial_learning_rate, decay_steps, num_periods, alpha, beta, name)
+        _check_number(type(self).__name__, "initial_variance", initial_variance)
+        self.initial_variance = initial_variance
+        self.variance_decay = variance_decay
+        self.seed = seed
+        self._next_seed = seed
+
+    def _noise(self, shape: Any, std: tf.Tensor) -> tf.Tensor:
+        seed = self._next_seed
+        if seed is not None:
+            self._next_seed = seed + 1
+        return tf.random.normal(shape, stddev=std, dtype=tf.float32, seed=seed)
+
+    def __call__(self, step: Any) -> tf.Tensor:
+        return self._linear_cosine(step, noise=self._noise)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            initial_variance=self.initial_variance,
+            variance_decay=self.variance_decay,
+            seed=self.seed,
+        )
+        # tf_keras's key order
+        order = ["initial_learning_rate", "decay_steps", "initial_variance", "variance_decay",
+                 "num_periods", "alpha", "beta", "seed", "name"]  # fmt: skip
+        return {key: config[key] for key in order}
+
+
+def serialize(learning_rate_schedule: Any, use_legacy_format: bool = False) -> dict[str, Any]:
+    """tf_keras's ``learning_rate_schedule.serialize`` (see keras_opt.schedules.serialization)."""
+    from keras_opt.schedules import serialization
+
+    return serialization.serialize(learning_rate_schedule, use_legacy_format=use_legacy_format)
+
+
+def deserialize(
+    config: Any, custom_objects: Mapping[str, Any] | None = None, use_legacy_format: bool = False
+) -> Any:
+    """tf_keras's ``learning_rate_schedule.deserialize`` (see keras_opt.schedules.serialization)."""
+    from keras_opt.schedules import serialization
+
+    return serialization.deserialize(
+        config, custom_objects=custom_objects, use_legacy_format=use_legacy_format
+    )

@@ -24,6 +24,8 @@ from keras_opt.schedules.learning_rate_schedule import (
     ExponentialDecay,
     InverseTimeDecay,
     LearningRateSchedule,
+    LinearCosineDecay,
+    NoisyLinearCosineDecay,
     PiecewiseConstantDecay,
     PolynomialDecay,
 )
@@ -44,6 +46,8 @@ _BUILTINS: dict[str, type] = {
         InverseTimeDecay,
         CosineDecay,
         CosineDecayRestarts,
+        LinearCosineDecay,
+        NoisyLinearCosineDecay,
     )
 }
 _REGISTRY: dict[str, type] = {}  # "package>Name" -> class
