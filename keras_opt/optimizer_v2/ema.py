@@ -91,7 +91,7 @@ def _averages(opt: Any, var_list: Iterable[Any]) -> list[tuple[Any, Any]]:
 
 
 def _cross_replica_strategy(opt: Any) -> Any:
-    if tf.distribute.in_cross_replica_context():
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
         return tf.distribute.get_strategy()
     raise RuntimeError(
         "Swapping or finalizing moving averages must run in cross-replica context (outside "
