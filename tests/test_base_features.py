@@ -670,3 +670,45 @@ def test_mirrored_swap_and_finalize(mirrored_results, key):
         np.testing.assert_array_equal(get("after_avg"), get("averages"))
         np.testing.assert_array_equal(get("finalized"), get("averages"))
         assert not np.array_equal(get("before"), get("averages"))
+
+
+# ------------------------------------------------------------------- kill and resume
+def test_sigkill_mid_accumulation_and_resume_equals_uninterrupted(tmp_path):
+    """tests/workers/checkpoint_crash.py --features: SIGKILLed after a checkpoint taken
+    mid-group (every 4 calls, groups of 3), resumed: bit-exact with a run never killed."""
+    import signal
+    import time
+
+    from test_checkpoint import WORKERS, kill_after_step, kill_group, start_worker, wait_worker
+
+    deadline = time.monotonic() + 240
+    flags = ["--steps", "11", "--every", "4", "--features"]  # checkpoints at 4 and 8
+    logs = {name: str(tmp_path / f"{name}.log") for name in ("full", "crash", "resume")}
+
+    def start(name, run_dir):
+        args = ["--dir", str(tmp_path / run_dir), "--out", str(tmp_path / f"{name}.npz")]
+        return start_worker(WORKERS["crash"], args + flags, logs[name])
+
+    procs = [start("full", "full_run"), start("crash", "run")]
+    try:
+        full, crash = procs
+        killed_at = kill_after_step(crash, 6, deadline)
+        crash.wait(timeout=30)
+        assert killed_at is not None, open(logs["crash"]).read()[-3000:]
+        assert crash.returncode == -signal.SIGKILL
+        latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
+        resumed_from = int(latest.rsplit("-", 1)[1])
+        assert resumed_from % 3 != 0  # mid-group: the accumulators hold a partial sum
+        procs.append(start("resume", "run"))
+        resumed_out = wait_worker(procs[-1], deadline, logs["resume"])
+        wait_worker(full, deadline, logs["full"])
+    finally:
+        for proc in procs:
+            kill_group(proc)
+    assert f"resumed at step {resumed_from}" in resumed_out
+    got, want = np.load(tmp_path / "resume.npz"), np.load(tmp_path / "full.npz")
+    assert sorted(got.files) == sorted(want.files)
+    assert any(k.endswith("/grad_accum") for k in want.files) and any(k.endswith("/ema") for k in want.files)
+    for key in want.files:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert int(want["step"]) == 11 and int(want["iter"]) == 11 // 3
