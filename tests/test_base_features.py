@@ -712,3 +712,29 @@ def test_sigkill_mid_accumulation_and_resume_equals_uninterrupted(tmp_path):
     for key in want.files:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert int(want["step"]) == 11 and int(want["iter"]) == 11 // 3
+
+
+# ------------------------------------------------------------------------ TF1 graphs
+def test_features_in_tf1_graph_equal_eager():
+    """A tf.compat.v1 graph + Session runs the same stages (the tf.conds included)."""
+    features = dict(COMBINATION, gradient_accumulation_steps=3)
+    eager_vars = [tf.Variable(v) for v in _init()]
+    eager_opt = keras_opt.Adam(0.05, **features)
+    graph_values = []
+    numpy_grads = [[g.numpy() for g in _grads(step, SHAPES)] for step in range(7)]
+    with tf.Graph().as_default() as graph:
+        variables = [tf.compat.v1.Variable(v, use_resource=True) for v in _init()]
+        opt = keras_opt.Adam(0.05, **features)
+        grads = [tf.compat.v1.placeholder(tf.float32, s) for s in SHAPES]
+        train_op = opt.apply_gradients(zip(grads, variables))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for step in range(7):
+                feed = dict(zip(grads, numpy_grads[step]))
+                sess.run(train_op, feed)
+                graph_values.append(sess.run(variables + [opt.iterations]))
+    for step in range(7):
+        eager_opt.apply_gradients(zip(_grads(step, SHAPES), eager_vars))
+        for got, want in zip(graph_values[step], [v.numpy() for v in eager_vars]):
+            np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        assert graph_values[step][-1] == int(eager_opt.iterations.numpy())

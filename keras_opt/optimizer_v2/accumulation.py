@@ -121,7 +121,7 @@ def apply_or_accumulate(
         averaged = distribution.extended.call_for_each_replica(
             lambda pairs: _average(opt, pairs), args=(grads_and_vars,)
         )
-        updates = update_all(averaged)
+        updates = tf.nest.flatten(update_all(averaged))
         with tf.control_dependencies(updates):
             resets = per_variable(lambda var, grad: _reset_one(opt, var), grads_and_vars)
         return tf.group(resets)
