@@ -674,38 +674,34 @@ def test_mirrored_swap_and_finalize(mirrored_results, key):
 
 # ------------------------------------------------------------------- kill and resume
 def test_sigkill_mid_accumulation_and_resume_equals_uninterrupted(tmp_path):
-    """tests/workers/checkpoint_crash.py --features: SIGKILLed after a checkpoint taken
-    mid-group (every 4 calls, groups of 3), resumed: bit-exact with a run never killed."""
+    """tests/workers/checkpoint_crash.py --features: SIGKILLed after step 6 (its last
+    checkpoint, at call 4, is mid-group: groups of 3 calls), resumed in a new process:
+    bit-exact with a run never killed."""
+    import os
     import signal
-    import time
+    import subprocess
+    import sys
 
-    from test_checkpoint import WORKERS, kill_after_step, kill_group, start_worker, wait_worker
+    script = os.path.join(os.path.dirname(__file__), "workers", "checkpoint_crash.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    flags = ["--steps", "11", "--every", "4", "--features"]
 
-    deadline = time.monotonic() + 240
-    flags = ["--steps", "11", "--every", "4", "--features"]  # checkpoints at 4 and 8
-    logs = {name: str(tmp_path / f"{name}.log") for name in ("full", "crash", "resume")}
-
-    def start(name, run_dir):
+    def run(name, run_dir, *extra):
         args = ["--dir", str(tmp_path / run_dir), "--out", str(tmp_path / f"{name}.npz")]
-        return start_worker(WORKERS["crash"], args + flags, logs[name])
+        return subprocess.run(
+            [sys.executable, "-u", script, *args, *flags, *extra],
+            env=env, capture_output=True, text=True, timeout=150,
+        )
 
-    procs = [start("full", "full_run"), start("crash", "run")]
-    try:
-        full, crash = procs
-        killed_at = kill_after_step(crash, 6, deadline)
-        crash.wait(timeout=30)
-        assert killed_at is not None, open(logs["crash"]).read()[-3000:]
-        assert crash.returncode == -signal.SIGKILL
-        latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
-        resumed_from = int(latest.rsplit("-", 1)[1])
-        assert resumed_from % 3 != 0  # mid-group: the accumulators hold a partial sum
-        procs.append(start("resume", "run"))
-        resumed_out = wait_worker(procs[-1], deadline, logs["resume"])
-        wait_worker(full, deadline, logs["full"])
-    finally:
-        for proc in procs:
-            kill_group(proc)
-    assert f"resumed at step {resumed_from}" in resumed_out
+    full = run("full", "full_run")
+    assert full.returncode == 0, full.stderr[-3000:]
+    crash = run("crash", "run", "--die-after", "6")
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert "step 6" in crash.stdout and not (tmp_path / "crash.npz").exists()
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-4")
+    resume = run("resume", "run")
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "resumed at step 4" in resume.stdout
     got, want = np.load(tmp_path / "resume.npz"), np.load(tmp_path / "full.npz")
     assert sorted(got.files) == sorted(want.files)
     assert any(k.endswith("/grad_accum") for k in want.files) and any(k.endswith("/ema") for k in want.files)
