@@ -127,7 +127,8 @@ def apply_or_accumulate(
         return tf.group(resets)
 
     def accumulate_step():
-        return tf.group(per_variable(lambda var, grad: _accumulate_one(opt, var, grad), grads_and_vars))
+        accumulate_one = lambda var, grad: _accumulate_one(opt, var, grad)  # noqa: E731
+        return tf.group(per_variable(accumulate_one, grads_and_vars))
 
     return tf.cond(is_apply_step, apply_step, accumulate_step), is_apply_step
 

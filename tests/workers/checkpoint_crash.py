@@ -74,7 +74,8 @@ def main() -> None:
 
     model = Model()
     schedule = keras_opt.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.8)
-    opt = keras_opt.Adam(learning_rate=schedule, amsgrad=True, **(FEATURES if args.features else {}))
+    features = FEATURES if args.features else {}
+    opt = keras_opt.Adam(learning_rate=schedule, amsgrad=True, **features)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=opt), args.dir, max_to_keep=3
     )
