@@ -367,12 +367,10 @@ def test_accumulation_with_schedule_sees_micro_steps_like_keras3(mode):
     """Keras 3 evaluates schedules at its raw (micro-step) counter; so does keras_opt."""
     mine = [tf.Variable(v) for v in _init()]
     theirs = [keras.Variable(v) for v in _init()]
-    opt = keras_opt.SGD(
-        keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
-    )
-    oracle = keras.optimizers.SGD(
-        keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
-    )
+    # Weight decay too: it uses the same (micro-step) learning rate in both.
+    features = dict(gradient_accumulation_steps=2, weight_decay=0.1)
+    opt = keras_opt.SGD(keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
+    oracle = keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
     my_step, their_step = _make_step(opt, mine, mode), _make_step(oracle, theirs, mode)
     for step in range(6):
         grads = _grads(step, SHAPES)
