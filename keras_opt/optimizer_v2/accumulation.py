@@ -89,7 +89,9 @@ def _accumulate_one(opt: Any, var: Any, grad: Any) -> Any:
 
 def _reset_one(opt: Any, var: Any) -> Any:
     slot = opt.get_slot(var, SLOT)
-    return slot.assign(tf.zeros_like(slot), read_value=False)
+    # tf.zeros of the (static) shape: zeros_like would read the slot first.
+    shape = slot.shape if slot.shape.is_fully_defined() else tf.shape(slot)
+    return slot.assign(tf.zeros(shape, slot.dtype), read_value=False)
 
 
 def apply_or_accumulate(
