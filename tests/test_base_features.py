@@ -370,7 +370,8 @@ def test_accumulation_with_schedule_sees_micro_steps_like_keras3(mode):
     # Weight decay too: it uses the same (micro-step) learning rate in both.
     features = dict(gradient_accumulation_steps=2, weight_decay=0.1)
     opt = keras_opt.SGD(keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
-    oracle = keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5)
+    oracle = keras.optimizers.SGD(schedule, **features)
     my_step, their_step = _make_step(opt, mine, mode), _make_step(oracle, theirs, mode)
     for step in range(6):
         grads = _grads(step, SHAPES)
@@ -783,3 +784,31 @@ def test_features_in_tf1_graph_equal_eager():
         for got, want in zip(graph_values[step], [v.numpy() for v in eager_vars]):
             np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
         assert graph_values[step][-1] == int(eager_opt.iterations.numpy())
+
+
+def test_unused_features_leave_the_traced_graph_as_it_was():
+    """Defaults spelled out == not given; and no stage leaves a trace in the graph.
+
+    (Against the code before the features, the traced Adam/SGD/Adagrad/Ftrl steps,
+    dense and sparse, were compared node for node when the stages were added.)
+    """
+
+    def graph_of(**features):
+        v = tf.Variable(np.ones((4, 3), np.float32), name="w")
+        opt = keras_opt.Adam(0.1, **features)
+
+        @tf.function
+        def step(g):
+            opt.apply_gradients([(g, v)])
+
+        graph = step.get_concrete_function(tf.ones((4, 3))).graph.as_graph_def()
+        return sorted((n.name, n.op, tuple(n.input)) for n in graph.node), opt
+
+    plain, opt = graph_of()
+    explicit, _ = graph_of(**keras_opt.optimizer_v2.base_arguments.FEATURE_DEFAULTS)
+    # Captured variables are named after their unique ids: compare the ops.
+    assert sorted(op for _, op, _ in plain) == sorted(op for _, op, _ in explicit)
+    ops = {op for _, op, _ in plain}
+    assert not ops & {"If", "StatelessIf", "ResourceScatterSub"}
+    assert not any("ema" in name or "grad_accum" in name for name, _, _ in plain)
+    assert len(opt.weights) == 3

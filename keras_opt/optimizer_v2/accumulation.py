@@ -30,6 +30,10 @@ gradient), not O(rows of the variable), and the gradient is never densified.
 The applied step uses the dense sum (``(grad + grad_accum) / k`` with the
 gradient's rows scattered in), so it runs the dense update, as Keras 3 does
 (Keras 3 densifies every sparse gradient on every step).
+
+Only the variables of the current call are accumulated, applied and reset: a
+variable whose gradient is None on the k-th call keeps its partial sum for the
+next group (Keras 3 resets every accumulator on the k-th call, dropping it).
 """
 
 from __future__ import annotations
