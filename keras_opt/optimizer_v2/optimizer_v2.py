@@ -40,9 +40,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
+from keras_opt.optimizer_v2 import base_arguments, checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
+from keras_opt.optimizer_v2 import weight_decay as weight_decay_lib
 
 _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
@@ -83,7 +84,10 @@ def _accepts_apply_state(function: Callable) -> bool:
 
 
 class OptimizerV2(
-    hyperparameters.HyperparameterMixin, slots.SlotMixin, tf.__internal__.tracking.Trackable
+    hyperparameters.HyperparameterMixin,
+    slots.SlotMixin,
+    weight_decay_lib.WeightDecayMixin,
+    tf.__internal__.tracking.Trackable,
 ):
     """Base class for keras_opt optimizers (tf_keras legacy ``OptimizerV2``).
 
@@ -102,7 +106,10 @@ class OptimizerV2(
       **kwargs: ``clipvalue``, ``clipnorm``, ``global_clipnorm`` (gradient
         clipping, at most one of the two norms), ``lr`` (deprecated alias of
         ``learning_rate``) and ``decay`` (legacy inverse-time decay of the
-        learning rate: ``lr / (1 + decay * iterations)``).
+        learning rate: ``lr / (1 + decay * iterations)``); and Keras 3's base
+        arguments (see base_arguments.py): ``weight_decay``, ``use_ema``,
+        ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
+        ``gradient_accumulation_steps``.
     """
 
     _HAS_AGGREGATE_GRAD = False
@@ -116,11 +123,12 @@ class OptimizerV2(
         gradient_transformers: Sequence[Callable] | None = None,
         **kwargs: Any,
     ):
+        features = base_arguments.pop_feature_arguments(kwargs)
         for key, value in kwargs.items():
             if key not in _ALLOWED_KWARGS:
                 raise TypeError(
                     f"Unexpected keyword argument passed to optimizer: {key}. "
-                    f"Allowed kwargs are {set(_ALLOWED_KWARGS)}."
+                    f"Allowed kwargs are {set(_ALLOWED_KWARGS) | set(base_arguments.FEATURE_DEFAULTS)}."
                 )
             if isinstance(value, numbers.Number) and value < 0:
                 raise ValueError(f"Expected {key} >= 0, received: {value}")
@@ -130,6 +138,8 @@ class OptimizerV2(
                     stacklevel=3,
                 )
         self._use_locking = True
+        for key, value in features.items():
+            setattr(self, key, value)
         self._init_set_name(name)
         self._hyper: dict[str, Any] = {}
         self._slots: dict[Any, dict[str, Any]] = {}
@@ -398,6 +408,16 @@ class OptimizerV2(
             return self.iterations.assign_add(1)
 
     def _apply_one(self, var, grad, apply_state):
+        """Updates one (replica-local) variable: weight decay stage, then the update."""
+        decayed = None
+        if self.weight_decay is not None:
+            decayed = weight_decay_lib.decay(self, var, grad, apply_state)
+        if decayed is None:
+            return self._apply_update(var, grad, apply_state)
+        with tf.control_dependencies([decayed]):
+            return self._apply_update(var, grad, apply_state)
+
+    def _apply_update(self, var, grad, apply_state):
         """Updates one (replica-local) variable with its gradient."""
         if isinstance(var, tf.Tensor):
             raise NotImplementedError(
@@ -635,6 +655,7 @@ class OptimizerV2(
             config["clipvalue"] = self.clipvalue
         if self.global_clipnorm is not None:
             config["global_clipnorm"] = self.global_clipnorm
+        config.update(base_arguments.feature_config(self))
         return config
 
     @classmethod
