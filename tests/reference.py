@@ -259,6 +259,7 @@ def sparse_step(name, state, rows, row_grads, t, cfg):
 # converted straight to the variable's dtype (exact).
 MODERN_DEFAULTS = {
     "LazyAdam": dict(DEFAULTS["Adam"]),
+    "AdamW": dict(DEFAULTS["Adam"], weight_decay=0.004),
     "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
     "Lamb": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
     "Adafactor": dict(
@@ -289,7 +290,10 @@ MODERN_DEFAULTS = {
     ),
 }
 DEFAULTS.update(MODERN_DEFAULTS)
-_MODERN_FLOAT32 = {"learning_rate", "decay", "beta_1", "beta_2"}
+# The weight decay stage casts the Python rate with `tf.cast` (through float32).
+_MODERN_FLOAT32 = {
+    "learning_rate", "decay", "beta_1", "beta_2", "weight_decay", "adam_weight_decay"
+}
 
 
 def modern_config(name: str, kwargs: dict) -> dict:
@@ -297,8 +301,37 @@ def modern_config(name: str, kwargs: dict) -> dict:
     cfg.update(kwargs)
     cfg.setdefault("decay", 0.0)
     for key in _MODERN_FLOAT32 & set(cfg):
-        cfg[key] = float(np.float32(cfg[key]))
+        if cfg[key] is not None:
+            cfg[key] = float(np.float32(cfg[key]))
     return cfg
+
+
+def decay_rate(name: str, cfg: dict, state: dict):
+    """The decoupled weight-decay rate of a variable (Muon: per kind of step)."""
+    if name == "Muon":
+        return cfg["adam_weight_decay"] if "velocity" in state else cfg["weight_decay"]
+    return cfg.get("weight_decay")
+
+
+def modern_step(name, state, g, t, cfg, rows=None):
+    """Weight decay, then a dense step (``rows`` None) or a sparse one.
+
+    Sparse: ``g`` holds the summed gradient rows at the unique ``rows``; the
+    decay stage decays those rows only, except for optimizers that densify
+    (``DENSIFIED``), which decay every row as their dense step does.
+    """
+    rate = decay_rate(name, cfg, state)
+    if rate:
+        state = dict(state)
+        var = np.array(state["var"], copy=True)
+        if rows is None or name in DENSIFIED:
+            var = var - var * rate * _lr(cfg, t)
+        else:
+            var[rows] = var[rows] - var[rows] * rate * _lr(cfg, t)
+        state["var"] = var
+    if rows is None:
+        return dense_step(name, state, g, t, cfg)
+    return sparse_step(name, state, rows, g, t, cfg)
 
 
 def modern_initial_state(name: str, cfg: dict, var: np.ndarray, adamw: bool = False) -> dict:

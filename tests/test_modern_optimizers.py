@@ -53,10 +53,13 @@ MUON_SHAPES = {
 }
 
 KERAS3_CASES = [
+    ("AdamW", dict(learning_rate=0.01)),
+    ("AdamW", dict(learning_rate=0.05, weight_decay=0.1, beta_1=0.8, epsilon=1e-5, amsgrad=True)),
     ("Lion", dict(learning_rate=0.01)),
+    ("Lion", dict(learning_rate=0.01, weight_decay=0.1)),
     ("Lion", dict(learning_rate=0.02, beta_1=0.8, beta_2=0.95)),
     ("Lamb", dict(learning_rate=0.01)),
-    ("Lamb", dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-5)),
+    ("Lamb", dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-5, weight_decay=0.1)),
     ("Adafactor", dict()),
     (
         "Adafactor",
@@ -66,6 +69,7 @@ KERAS3_CASES = [
             epsilon_2=1e-2,
             clip_threshold=0.5,
             relative_step=False,
+            weight_decay=0.1,
         ),
     ),
 ]
@@ -88,8 +92,11 @@ MUON_KERAS3_CASES = [
             muon_a=3.0,
             muon_b=-4.0,
             muon_c=1.8,
+            weight_decay=0.05,
+            adam_weight_decay=0.02,
         ),
     ),
+    ("Muon", dict(learning_rate=0.01, weight_decay=None, exclude_embeddings=False)),
 ]
 
 
@@ -208,20 +215,32 @@ def test_muon_uses_keras_variable_path():
 
 # ------------------------------------------------------------ numpy reference
 REFERENCE_CASES = [
+    ("AdamW", dict(learning_rate=0.1)),
+    ("AdamW", dict(learning_rate=0.1, weight_decay=0.1, amsgrad=True)),
     ("Lion", dict(learning_rate=0.01)),
+    ("Lion", dict(learning_rate=0.01, weight_decay=0.1)),
     ("Lion", dict(learning_rate=0.02, beta_1=0.8, beta_2=0.95)),
     ("Lamb", dict(learning_rate=0.01)),
-    ("Lamb", dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-5)),
+    ("Lamb", dict(learning_rate=0.05, beta_1=0.8, beta_2=0.99, epsilon=1e-5, weight_decay=0.1)),
     ("Adafactor", dict()),
-    ("Adafactor", dict(learning_rate=0.05, beta_2_decay=-0.5, epsilon_2=1e-2, clip_threshold=0.5)),
+    (
+        "Adafactor",
+        dict(
+            learning_rate=0.05,
+            beta_2_decay=-0.5,
+            epsilon_2=1e-2,
+            clip_threshold=0.5,
+            weight_decay=0.1,
+        ),
+    ),
     ("LazyAdam", dict(learning_rate=0.1)),
-    ("LazyAdam", dict(learning_rate=0.1, amsgrad=True)),
-    ("Muon", dict(learning_rate=0.01, weight_decay=None, adam_weight_decay=None)),
+    ("LazyAdam", dict(learning_rate=0.1, amsgrad=True, weight_decay=0.1)),
+    ("Muon", dict(learning_rate=0.01)),
     (
         "Muon",
         dict(
             learning_rate=0.02,
-            weight_decay=None,
+            weight_decay=0.1,
             adam_weight_decay=None,
             exclude_layers=["wide"],
             momentum=0.9,
@@ -273,10 +292,10 @@ def test_matches_numpy_reference(case, sparse):
                 indices, rows, slices = sparse_gradient(starts[n], t, tf.float64)
                 pairs.append((slices, variables[n]))
                 unique, summed = summed_rows(indices, rows)
-                states[n] = reference.sparse_step(name, states[n], unique, summed, t, cfg)
+                states[n] = reference.modern_step(name, states[n], summed, t, cfg, rows=unique)
             else:
                 pairs.append((tf.constant(g), variables[n]))
-                states[n] = reference.dense_step(name, states[n], g, t, cfg)
+                states[n] = reference.modern_step(name, states[n], g, t, cfg)
         opt.apply_gradients(pairs)
     for n, var in variables.items():
         for key, want in states[n].items():

@@ -6,7 +6,8 @@
 * ``DensifySparseMixin``: for optimizers whose update of a row depends on the
   whole variable (a norm, a mean over rows, a matrix product), an
   ``IndexedSlices`` gradient is summed into a dense gradient of that one
-  variable and the dense update runs. Nothing else is densified.
+  variable and the dense update runs (weight decay included, on every row).
+  Nothing else is densified.
 * ``scatter_sub`` / ``scatter_update``: row updates by the raw resource kernels.
 """
 
@@ -59,7 +60,16 @@ def densify(values: tf.Tensor, indices: tf.Tensor, var: Any) -> tf.Tensor:
 
 
 class DensifySparseMixin:
-    """Sparse gradients are summed into a dense gradient of that variable only."""
+    """Sparse gradients are summed into a dense gradient of that variable only.
+
+    The gradient is densified before the per-variable stages, so the weight
+    decay stage decays every row, as the dense step (and Keras 3) does.
+    """
+
+    def _apply_one(self, var, grad, apply_state):
+        if isinstance(grad, tf.IndexedSlices):
+            grad = densify(grad.values, grad.indices, var)
+        return super()._apply_one(var, grad, apply_state)
 
     def _resource_apply_sparse_duplicate_indices(self, grad, handle, indices, **kwargs):
         return self._resource_apply_dense(densify(grad, indices, handle), handle, **kwargs)

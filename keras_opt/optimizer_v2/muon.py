@@ -161,6 +161,19 @@ class Muon(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
         """The decoupled weight-decay rate of ``var``: ``adam_weight_decay`` or ``weight_decay``."""
         return self.adam_weight_decay if self.uses_adamw(var) else self.weight_decay
 
+    def _apply_one(self, var, grad, apply_state):
+        # Keras 3's Muon decay: a rate per variable, applied even when
+        # `weight_decay` is None (the base stage only knows `weight_decay`).
+        if isinstance(grad, tf.IndexedSlices):
+            grad = modern.densify(grad.values, grad.indices, var)
+        rate = self.weight_decay_rate(var)
+        if rate is None or not self._use_weight_decay(var):
+            return self._apply_update(var, grad, apply_state)
+        lr = self._coefficients(var, apply_state)["lr_t"]
+        decayed = var.assign_sub(var * tf.cast(rate, var.dtype.base_dtype) * lr, read_value=False)
+        with tf.control_dependencies([decayed]):
+            return self._apply_update(var, grad, apply_state)
+
     # ---------------------------------------------------------------- steps
     def _prepare_local(self, var_device, var_dtype, apply_state):
         super()._prepare_local(var_device, var_dtype, apply_state)
