@@ -63,6 +63,9 @@ class Adafactor(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
         name="Adafactor",
         **kwargs,
     ):
+        modern.check_number("clip_threshold", clip_threshold, 0.0, inclusive=False)
+        modern.check_number("epsilon_1", epsilon_1, 0.0)
+        modern.check_number("epsilon_2", epsilon_2, 0.0)
         super().__init__(name, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)

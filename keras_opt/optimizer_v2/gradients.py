@@ -27,8 +27,14 @@ class InvalidGradientError(tf.errors.InvalidArgumentError, ValueError):
     ``minimize``), so existing handlers of either keep working.
     """
 
-    def __init__(self, message: str):
-        tf.errors.InvalidArgumentError.__init__(self, None, None, message)
+    # AutoGraph re-raises an OpError from a converted function (a user's step in
+    # tf.function) as ``type(error)(node_def, op, message, payloads)`` only when
+    # `__init__` takes exactly (node_def, op, message); otherwise it turns it into
+    # a StagingError. So: that signature, and ``InvalidGradientError(message)``.
+    def __init__(self, node_def=None, op=None, message=None, *args):
+        if op is None and message is None:
+            node_def, message = None, node_def
+        tf.errors.InvalidArgumentError.__init__(self, node_def, op, message, *args)
 
     def __reduce__(self):
         return (type(self), (self.message,))
@@ -40,6 +46,10 @@ class NotAVariableError(TypeError, AttributeError):
     tf_keras raises an ``AttributeError`` here (from deep inside its slot code);
     this is also a ``TypeError``, the natural type for a wrong argument.
     """
+
+    # AutoGraph keeps an error's type inside tf.function only for classes that
+    # use `Exception.__init__` (else it raises a StagingError instead).
+    __init__ = Exception.__init__
 
 
 def _format_pair(grad: Any, var: Any) -> str:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import tensorflow as tf
@@ -51,6 +53,21 @@ def keras3_config(opt: Any, base_config: dict, own: dict) -> dict:
         config["decay"] = opt._initial_decay
     config.update(own)
     return config
+
+
+def check_number(name: str, value: Any, minimum: float, inclusive: bool = True) -> Any:
+    """``value`` if it is a real number ``>= minimum`` (``>`` if not ``inclusive``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(
+            f"`{name}` must be a number. Received: {name}={value!r} of type "
+            f"{type(value).__name__}."
+        )
+    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+        bound = ">=" if inclusive else ">"
+        raise ValueError(
+            f"`{name}` must be a finite number {bound} {minimum}. Received: {name}={value}."
+        )
+    return value
 
 
 def densify(values: tf.Tensor, indices: tf.Tensor, var: Any) -> tf.Tensor:

@@ -42,6 +42,7 @@ dense step does.
 
 from __future__ import annotations
 
+import numbers
 import re
 
 import tensorflow as tf
@@ -57,6 +58,26 @@ def variable_path(var) -> str:
         return path
     name = str(getattr(var, "name", ""))
     return name[:-2] if name.endswith(":0") else name
+
+
+def _check_patterns(exclude_layers) -> list[str]:
+    """``exclude_layers`` as a list of regular expressions (None: none)."""
+    if exclude_layers is None:
+        return []
+    if isinstance(exclude_layers, (str, bytes)) or not isinstance(exclude_layers, (list, tuple)):
+        raise TypeError(
+            "`exclude_layers` must be a list of regular expressions (strings), e.g. "
+            f"['attention']. Received: exclude_layers={exclude_layers!r:.120}."
+        )
+    for pattern in exclude_layers:
+        if not isinstance(pattern, str):
+            raise TypeError(
+                "`exclude_layers` must contain strings (regular expressions) only. "
+                f"Received: {pattern!r:.80} of type {type(pattern).__name__} in "
+                f"exclude_layers={exclude_layers!r:.120}."
+            )
+        re.compile(pattern)  # a malformed expression fails here, not at the first step
+    return list(exclude_layers)
 
 
 class Muon(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
@@ -105,6 +126,11 @@ class Muon(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
         rms_rate=0.2,
         **kwargs,
     ):
+        if adam_weight_decay is not None:
+            modern.check_number("adam_weight_decay", adam_weight_decay, 0.0)
+        exclude_layers = _check_patterns(exclude_layers)
+        if not isinstance(ns_steps, numbers.Integral) or isinstance(ns_steps, bool) or ns_steps < 0:
+            raise ValueError(f"`ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}.")
         super().__init__(name, weight_decay=weight_decay, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
@@ -112,7 +138,7 @@ class Muon(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
         self.adam_beta_2 = adam_beta_2
         self.adam_weight_decay = adam_weight_decay
         self.epsilon = epsilon
-        self.exclude_layers = list(exclude_layers or [])
+        self.exclude_layers = exclude_layers
         self.exclude_embeddings = exclude_embeddings
         self.muon_a = muon_a
         self.muon_b = muon_b
