@@ -153,12 +153,13 @@ class HyperparameterMixin:
     def _decayed_lr(self, var_dtype: tf.DType):
         """The learning rate at this step as a tensor of ``var_dtype``.
 
-        Schedules are evaluated at ``iterations`` (the count before this step's
-        increment); legacy ``decay`` divides by ``1 + decay * iterations``.
+        Schedules are evaluated at ``_schedule_step()``: ``iterations`` (the count
+        before this step's increment), or with gradient accumulation the micro-step
+        count; legacy ``decay`` divides by ``1 + decay * iterations``.
         """
         lr_t = self._get_hyper("learning_rate", var_dtype)
         if is_schedule(lr_t):
-            local_step = tf.cast(self.iterations, var_dtype)
+            local_step = tf.cast(self._schedule_step(), var_dtype)
             lr_t = tf.cast(lr_t(local_step), var_dtype)
         if self._initial_decay > 0.0:
             local_step = tf.cast(self.iterations, var_dtype)

@@ -7,23 +7,32 @@ hyperparameters (``_set_hyper``/``_get_hyper``), slot variables
 hooks, ``apply_gradients`` under ``tf.distribute``, and the checkpoint object
 graph (``iter``, hyperparameter variables by name, slot variables by slot name).
 
-``apply_gradients`` runs one fixed sequence of stages::
+``apply_gradients`` runs one fixed sequence of stages (the ones marked * run
+only when their Keras 3 base argument is set, each from a module of its own)::
 
-    pairs      check pairs, drop None gradients, validate dtypes and shapes
-    weights    create iterations, hyperparameter variables and slots (once)
-    prepare    coefficients per (device, dtype)
-    aggregate  _transform_unaggregated_gradients, then _aggregate_gradients
-    transform  _gradient_stages(): clipvalue, clipnorm, global_clipnorm,
-               gradient_transformers
-    apply      per variable, under merge_call / extended.update:
-               _resource_apply_dense or _resource_apply_sparse_duplicate_indices,
-               then the variable's constraint
-    finish     iterations += 1
+    pairs       check pairs, drop None gradients, validate dtypes and shapes
+    weights     create iterations, hyperparameter variables and slots (once)
+    prepare     coefficients per (device, dtype)
+    unscale*    gradients / loss_scale_factor               (loss_scale_factor.py)
+    aggregate   _transform_unaggregated_gradients, then _aggregate_gradients
+    accumulate* every call but each k-th: grad_accum += grad, stop here;
+                on the k-th: grad = (grad + grad_accum) / k  (accumulation.py)
+    transform   _gradient_stages(): clipvalue, clipnorm, global_clipnorm,
+                gradient_transformers
+    apply       per variable, under merge_call / extended.update:
+                weight decay* var -= var * weight_decay * lr_t (weight_decay.py),
+                _resource_apply_dense or _resource_apply_sparse_duplicate_indices,
+                then the variable's constraint; grad_accum* <- 0
+    ema*        ema = m * ema + (1 - m) * var; every f-th step var <- ema (ema.py)
+    finish      iterations += 1 (with accumulation: on the k-th call only;
+                grad_accum_iter += 1 on every call)
 
 Later features hook into a stage instead of rewriting the method: a gradient
 transformation appends to ``_gradient_stages()``, per-variable work goes into
 ``_apply_one``, and work after all variables are updated goes before the
-iteration increment in ``_distributed_apply``.
+iteration increment in ``_distributed_apply``. With none of the starred
+arguments set, the traced graph, the numbers, the config and the checkpoint
+are tf_keras legacy's.
 """
 
 from __future__ import annotations
@@ -40,7 +49,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import base_arguments, checkpointing, hyperparameters, slots
+from keras_opt.optimizer_v2 import (
+    accumulation,
+    base_arguments,
+    checkpointing,
+    ema,
+    hyperparameters,
+    loss_scale_factor,
+    slots,
+)
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
 from keras_opt.optimizer_v2 import weight_decay as weight_decay_lib
@@ -87,6 +104,9 @@ class OptimizerV2(
     hyperparameters.HyperparameterMixin,
     slots.SlotMixin,
     weight_decay_lib.WeightDecayMixin,
+    ema.EmaMixin,
+    accumulation.AccumulationMixin,
+    loss_scale_factor.LossScaleFactorMixin,
     tf.__internal__.tracking.Trackable,
 ):
     """Base class for keras_opt optimizers (tf_keras legacy ``OptimizerV2``).
@@ -235,7 +255,7 @@ class OptimizerV2(
     # ------------------------------------------------------- gradient hooks
     def _transform_loss(self, loss):
         """Called in `minimize` on the loss before differentiating it."""
-        return loss
+        return self.scale_loss(loss)
 
     def _get_gradients(self, tape, loss, var_list, grad_loss=None):
         """Called in `minimize` to compute the gradients of the loss."""
@@ -372,10 +392,14 @@ class OptimizerV2(
                     f"ParameterServerStrategy and CentralStorageStrategy. Used: {strategy}."
                 )
             apply_state = self._prepare(var_list)
+            if self.loss_scale_factor is not None:
+                grads_and_vars = loss_scale_factor.unscale(self, grads_and_vars)
             if experimental_aggregate_gradients:
                 grads_and_vars = self._transform_unaggregated_gradients(grads_and_vars)
                 grads_and_vars = self._aggregate_gradients(grads_and_vars)
-            grads_and_vars = self._transform_gradients(grads_and_vars)
+            if not self.gradient_accumulation_steps:
+                # With accumulation, the stages run on the averaged gradient.
+                grads_and_vars = self._transform_gradients(grads_and_vars)
             return tf.__internal__.distribute.interim.maybe_merge_call(
                 functools.partial(self._distributed_apply, apply_state=apply_state),
                 strategy,
@@ -385,27 +409,56 @@ class OptimizerV2(
 
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         """Applies each gradient under ``distribution.extended.update``."""
-        eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
-        apply_one = functools.partial(self._apply_one, apply_state=apply_state)
-        update_ops = []
+        update_all = functools.partial(
+            self._update_all, distribution, apply_state=apply_state
+        )
+        increment = 1
         with _name_scope_in_graph(name or self._name):
-            for grad, var in grads_and_vars:
-                with distribution.extended.colocate_vars_with(var):
-                    scope = "update" if eager_outside else "update_" + var.op.name
-                    with _name_scope_in_graph(scope):
-                        update_op = distribution.extended.update(
-                            var, apply_one, args=(grad,), group=False
-                        )
-                        if tf.distribute.in_cross_replica_context():
-                            update_ops.extend(update_op)
-                        else:
-                            update_ops.append(update_op)
+            if self.gradient_accumulation_steps:
+                update_op, is_apply_step = accumulation.apply_or_accumulate(
+                    self, distribution, grads_and_vars, update_all
+                )
+                update_ops = [update_op]
+                increment = tf.cast(is_apply_step, tf.int64)
+            else:
+                update_ops = update_all(grads_and_vars)
+            if self.use_ema:
+                with tf.control_dependencies(update_ops):
+                    update_ops = ema.update_averages(
+                        self, distribution, [v for _, v in grads_and_vars]
+                    )
             symbolic = any(_is_symbolic(op) for op in update_ops)
             if not tf.executing_eagerly() or symbolic:
                 graph = _graph_of(update_ops)
                 with graph.as_default(), tf.control_dependencies([tf.group(update_ops)]):
-                    return self.iterations.assign_add(1, read_value=False)
-            return self.iterations.assign_add(1)
+                    return self._finish_step(increment, read_value=False)
+            return self._finish_step(increment)
+
+    def _update_all(self, distribution, grads_and_vars, apply_state):
+        """Runs `_apply_one` for each pair; returns the update ops."""
+        eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
+        apply_one = functools.partial(self._apply_one, apply_state=apply_state)
+        update_ops = []
+        for grad, var in grads_and_vars:
+            with distribution.extended.colocate_vars_with(var):
+                scope = "update" if eager_outside else "update_" + var.op.name
+                with _name_scope_in_graph(scope):
+                    update_op = distribution.extended.update(
+                        var, apply_one, args=(grad,), group=False
+                    )
+                    if tf.distribute.in_cross_replica_context():
+                        update_ops.extend(update_op)
+                    else:
+                        update_ops.append(update_op)
+        return update_ops
+
+    def _finish_step(self, increment, read_value=True):
+        """``iterations += increment`` (and, with accumulation, the micro-step count += 1)."""
+        if not self.gradient_accumulation_steps:
+            return self.iterations.assign_add(increment, read_value=read_value)
+        counted = self._grad_accum_iter.assign_add(1, read_value=False)
+        with tf.control_dependencies([counted]):
+            return self.iterations.assign_add(increment, read_value=read_value)
 
     def _apply_one(self, var, grad, apply_state):
         """Updates one (replica-local) variable: weight decay stage, then the update."""
@@ -522,10 +575,16 @@ class OptimizerV2(
         """Creates iterations, hyperparameters and any slots not created yet."""
         _ = self.iterations
         self._create_hypers()
+        if self.gradient_accumulation_steps:
+            accumulation.create_weights(self)
         new_vars = [v for v in var_list if variables_lib.var_key(v) not in self._vars_with_slots]
         if new_vars:
             with checkpointing.recording_slot_requests(self) as requests:
                 self._create_slots(new_vars)
+                if self.use_ema:
+                    ema.create_slots(self, new_vars)
+                if self.gradient_accumulation_steps:
+                    accumulation.create_slots(self, new_vars)
             checkpointing.check_new_slots(self, new_vars, requests)
             self._create_slots_for_sharded_variables(new_vars)
             self._vars_with_slots.update(variables_lib.var_key(v) for v in new_vars)

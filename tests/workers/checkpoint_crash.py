@@ -13,6 +13,11 @@ The batch of step ``i`` depends only on ``i``, so a resumed run sees exactly the
 batches an uninterrupted run sees.
 
     python tests/workers/checkpoint_crash.py --dir D --out F --steps 24 --every 4
+
+With ``--features`` the optimizer also uses Keras 3's base arguments (FEATURES:
+gradient accumulation over 3 calls, EMA, weight decay, loss_scale_factor), and
+steps count calls (the micro-step counter), so that checkpoints every 4 calls
+fall in the middle of an accumulation group.
 """
 
 from __future__ import annotations
@@ -32,6 +37,14 @@ import keras_opt  # noqa: E402
 from keras_opt.optimizer_v2.variables import var_key  # noqa: E402
 
 VOCAB, DIM = 8, 3
+FEATURES = dict(
+    gradient_accumulation_steps=3,
+    use_ema=True,
+    ema_momentum=0.9,
+    ema_overwrite_frequency=5,
+    weight_decay=0.01,
+    loss_scale_factor=4.0,
+)
 
 
 class Model(tf.Module):
@@ -50,11 +63,12 @@ def batch(step: int):
     return tf.constant(ids), tf.constant(target)
 
 
-def make_optimizers(modern: bool) -> list:
-    """Adam (amsgrad, a schedule), or every configuration of cases.MODERN_CASES."""
+def make_optimizers(modern: bool, features: bool) -> list:
+    """Adam (amsgrad, a schedule; FEATURES with ``features``), or every cases.MODERN_CASES one."""
     if not modern:
         schedule = keras_opt.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.8)
-        return [keras_opt.Adam(learning_rate=schedule, amsgrad=True)]
+        extra = FEATURES if features else {}
+        return [keras_opt.Adam(learning_rate=schedule, amsgrad=True, **extra)]
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from cases import MODERN_CASES
 
@@ -67,12 +81,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--every", type=int, required=True)
+    parser.add_argument("--features", action="store_true")
     parser.add_argument(
         "--modern", action="store_true", help="train one model per cases.MODERN_CASES optimizer"
     )
     args = parser.parse_args()
+    if args.features and args.modern:
+        parser.error("--features and --modern do not combine")
 
-    optimizers = make_optimizers(args.modern)
+    optimizers = make_optimizers(args.modern, args.features)
     models = [Model() for _ in optimizers]
     if len(optimizers) == 1:
         objects = dict(model=models[0], optimizer=optimizers[0])
@@ -81,9 +98,16 @@ def main() -> None:
                    for kind, obj in zip(("model", "optimizer"), pair)}  # fmt: skip
     opt = optimizers[0]  # all optimizers step together: its count is the step
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects), args.dir, max_to_keep=3)
+    if args.features:
+        opt.build([models[0].emb, models[0].kernel, models[0].bias])
+
+    def current_step() -> int:
+        counter = opt._grad_accum_iter if args.features else opt.iterations
+        return int(counter.numpy())
+
     if manager.latest_checkpoint:
         manager.checkpoint.restore(manager.latest_checkpoint)
-        print(f"resumed at step {int(opt.iterations.numpy())}", flush=True)
+        print(f"resumed at step {current_step()}", flush=True)
 
     @tf.function
     def train_step(ids, target):
@@ -94,9 +118,9 @@ def main() -> None:
                 loss = tf.reduce_mean(tf.square(pred - target))
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
-    while int(opt.iterations.numpy()) < args.steps:
-        train_step(*batch(int(opt.iterations.numpy())))
-        step = int(opt.iterations.numpy())
+    while current_step() < args.steps:
+        train_step(*batch(current_step()))
+        step = current_step()
         if step % args.every == 0:
             manager.save(checkpoint_number=step)
         print(f"step {step}", flush=True)
@@ -112,6 +136,8 @@ def main() -> None:
             for slot in optimizer.get_slot_names():
                 if slot in optimizer._slots.get(var_key(var), {}):  # Muon: some only
                     out[f"{name}/{slot}"] = optimizer.get_slot(var, slot).numpy()
+    if len(optimizers) == 1:
+        out["step"] = current_step()
     np.savez(args.out, **out)
 
 
