@@ -47,7 +47,7 @@ NAMES = sorted({name for name, _ in CASES})
 MODERN_CASES = [
     ("AdamW", dict(learning_rate=0.1)),
     ("AdamW", dict(learning_rate=0.1, weight_decay=0.05, amsgrad=True)),
-    ("Lion", dict(learning_rate=0.1, weight_decay=0.05)),
+    ("Lion", dict(learning_rate=0.1, weight_decay=0.05, use_ema=True, ema_momentum=0.9)),
     ("Lamb", dict(learning_rate=0.1, weight_decay=0.05)),
     ("Adafactor", dict(learning_rate=0.1)),
     ("Muon", dict(learning_rate=0.1)),

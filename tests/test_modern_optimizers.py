@@ -97,6 +97,24 @@ MUON_KERAS3_CASES = [
         ),
     ),
     ("Muon", dict(learning_rate=0.01, weight_decay=None, exclude_embeddings=False)),
+    ("Muon", dict(learning_rate=0.01, gradient_accumulation_steps=2, loss_scale_factor=4.0)),
+]
+# The base features (issue 11's stages) on the modern optimizers, against Keras 3.
+FEATURE_CASES = [
+    (
+        "AdamW",
+        dict(
+            learning_rate=0.01,
+            use_ema=True,
+            ema_overwrite_frequency=3,
+            gradient_accumulation_steps=2,
+            loss_scale_factor=2.0,
+            global_clipnorm=1.0,
+        ),
+    ),
+    ("Lion", dict(learning_rate=0.01, weight_decay=0.05, use_ema=True, ema_momentum=0.9)),
+    ("Lamb", dict(learning_rate=0.01, gradient_accumulation_steps=2, clipnorm=0.5)),
+    ("Adafactor", dict(use_ema=True, ema_overwrite_frequency=2, loss_scale_factor=8.0)),
 ]
 
 
@@ -171,14 +189,15 @@ def assert_close_history(ours, theirs, start):
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
-@pytest.mark.parametrize("case", KERAS3_CASES + MUON_KERAS3_CASES, ids=case_id)
+@pytest.mark.parametrize("case", KERAS3_CASES + MUON_KERAS3_CASES + FEATURE_CASES, ids=case_id)
 def test_matches_keras3(case, mode):
     name, kwargs = case
     shapes = MUON_SHAPES if name == "Muon" else SHAPES
     ours, _, our_history = run_keras_opt(name, kwargs, shapes, mode)
     theirs, their_history = run_keras3(name, kwargs, shapes, mode)
     assert_close_history(our_history, their_history, start_values(shapes))
-    assert int(ours.iterations.numpy()) == int(theirs.iterations.numpy()) == STEPS
+    applied = STEPS // kwargs.get("gradient_accumulation_steps", 1)
+    assert int(ours.iterations.numpy()) == int(theirs.iterations.numpy()) == applied
     assert list(ours.get_config()) == list(theirs.get_config())
 
 
