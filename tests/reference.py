@@ -292,7 +292,12 @@ MODERN_DEFAULTS = {
 DEFAULTS.update(MODERN_DEFAULTS)
 # The weight decay stage casts the Python rate with `tf.cast` (through float32).
 _MODERN_FLOAT32 = {
-    "learning_rate", "decay", "beta_1", "beta_2", "weight_decay", "adam_weight_decay"
+    "learning_rate",
+    "decay",
+    "beta_1",
+    "beta_2",
+    "weight_decay",
+    "adam_weight_decay",
 }
 
 
@@ -412,7 +417,8 @@ def muon_step(s, g, t, cfg):
         m = b1 * s["momentum"] + (1 - b1) * g
         v = b2 * s["velocity"] + (1 - b2) * g * g
         alpha = lr * cfg["adam_lr_ratio"] * np.sqrt(1 - b2**t) / (1 - b1**t)
-        return {"momentum": m, "velocity": v, "var": s["var"] - alpha * m / (np.sqrt(v) + cfg["epsilon"])}
+        var = s["var"] - alpha * m / (np.sqrt(v) + cfg["epsilon"])
+        return {"momentum": m, "velocity": v, "var": var}
     mu = cfg["momentum"]
     m = mu * s["momentum"] + g
     step = lr * newton_schulz(g + mu * m if cfg["nesterov"] else m, cfg)

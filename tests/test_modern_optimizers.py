@@ -202,9 +202,7 @@ def test_matches_keras3(case, mode):
 
 
 def test_muon_step_choice_follows_keras3_rules():
-    opt = keras_opt.Muon(exclude_layers=["attn"])
-    _, variables, _ = run_keras_opt("Muon", dict(exclude_layers=["attn"]), MUON_SHAPES, "eager")
-    opt.build(list(variables.values()))
+    opt, variables, _ = run_keras_opt("Muon", dict(exclude_layers=["attn"]), MUON_SHAPES, "eager")
     adamw = {n for n, v in variables.items() if opt.uses_adamw(v)}
     assert adamw == {
         "token_embedding/embeddings",
@@ -323,7 +321,7 @@ def test_matches_numpy_reference(case, sparse):
 
 
 # ------------------------------------------------------------------- sparse
-def _train_pair(name, kwargs, sparse_first_step):
+def _train_pair(name, kwargs):
     """(sparse-trained, dense-trained) optimizers and variables on one 5x3 matrix."""
     start = start_values({"w": (5, 3)})["w"].astype(np.float32)
     out = []
@@ -387,7 +385,7 @@ def test_rows_only_sparse_update(case):
 )
 def test_densified_sparse_equals_dense(case):
     name, kwargs = case
-    _, ((sp_opt, sp_var), (de_opt, de_var)) = _train_pair(name, kwargs, True)
+    _, ((sp_opt, sp_var), (de_opt, de_var)) = _train_pair(name, kwargs)
     np.testing.assert_array_equal(sp_var.numpy(), de_var.numpy())
     for slot in de_opt.get_slot_names():
         np.testing.assert_array_equal(
@@ -411,12 +409,14 @@ def tfa_lazy_adam_step(var, m, v, grad, t, lr=0.1, beta_1=0.9, beta_2=0.999, eps
 def test_lazy_adam_matches_tensorflow_addons_rule():
     start = start_values({"w": (6, 3)})["w"].astype(np.float32)
     ours = tf.Variable(start, name="w")
-    tfa_var, tfa_m, tfa_v = (tf.Variable(x) for x in (start, np.zeros_like(start), np.zeros_like(start)))
+    zeros = np.zeros_like(start)
+    tfa_var, tfa_m, tfa_v = (tf.Variable(x) for x in (start, zeros, zeros))
     opt = keras_opt.LazyAdam(learning_rate=0.1)
     for t in range(1, STEPS + 1):
         indices = np.unique(SPARSE_ROWS[t % 3])
         rows = np.random.default_rng(t).standard_normal((len(indices), 3)).astype(np.float32)
-        grad = tf.IndexedSlices(tf.constant(rows), tf.constant(indices), tf.constant([6, 3], tf.int64))
+        shape = tf.constant([6, 3], tf.int64)
+        grad = tf.IndexedSlices(tf.constant(rows), tf.constant(indices), shape)
         opt.apply_gradients([(grad, ours)])
         tfa_lazy_adam_step(tfa_var, tfa_m, tfa_v, grad, t)
         np.testing.assert_allclose(ours.numpy(), tfa_var.numpy(), rtol=1e-6, atol=1e-7)

@@ -61,7 +61,10 @@ class Lion(optimizer_v2.OptimizerV2):
         beta_1 = tf.identity(self._get_hyper("beta_1", var_dtype))
         beta_2 = tf.identity(self._get_hyper("beta_2", var_dtype))
         apply_state[(var_device, var_dtype)].update(
-            beta_1=beta_1, one_minus_beta_1=1.0 - beta_1, beta_2=beta_2, one_minus_beta_2=1.0 - beta_2
+            beta_1=beta_1,
+            one_minus_beta_1=1.0 - beta_1,
+            beta_2=beta_2,
+            one_minus_beta_2=1.0 - beta_2,
         )
 
     def _new_values(self, m, grad, coef):

@@ -130,7 +130,9 @@ class Muon(modern.DensifySparseMixin, optimizer_v2.OptimizerV2):
             modern.check_number("adam_weight_decay", adam_weight_decay, 0.0)
         exclude_layers = _check_patterns(exclude_layers)
         if not isinstance(ns_steps, numbers.Integral) or isinstance(ns_steps, bool) or ns_steps < 0:
-            raise ValueError(f"`ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}.")
+            raise ValueError(
+                f"`ns_steps` must be an integer >= 0. Received: ns_steps={ns_steps!r}."
+            )
         super().__init__(name, weight_decay=weight_decay, **kwargs)
         self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
         self._set_hyper("decay", self._initial_decay)
