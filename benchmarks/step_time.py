@@ -29,8 +29,15 @@ Workloads (``--workloads``):
 Optimizers: the classic five, and ``adamw``, ``lion``, ``lazy_adam`` (keras_opt's
 LazyAdam; tf_keras and Keras 3 have no lazy Adam, their Adam is timed in that row).
 
+Keras 3 base features (``--features wd,ema,accum,lsf,all``): each adds rows
+``<optimizer>+<feature>`` where keras_opt and Keras 3 get the feature's
+arguments (FEATURE_KWARGS; tf_keras legacy has none of them: n/a), to
+measure what each feature costs when used; compare with the plain row.
+
 Usage:
   PYTHONPATH=. python benchmarks/step_time.py
+  PYTHONPATH=. python benchmarks/step_time.py --workloads W1,W4 --optimizers adam \
+      --features wd,ema,accum,lsf,all --libs keras_opt,keras3
   PYTHONPATH=. python benchmarks/step_time.py --workloads W3,W4 \
       --optimizers adam,sgd --repeats 3 --json /tmp/bench.json
 """
@@ -71,6 +78,21 @@ OPT_KWARGS = {
     "adamw": {},
     "lion": {},
     "lazy_adam": {},
+}
+# Keras 3 base arguments per --features name ("accum": timed steps alternate
+# between accumulating and applying, so the median is about the accumulate step).
+FEATURE_KWARGS = {
+    "wd": {"weight_decay": 0.004},
+    "ema": {"use_ema": True, "ema_momentum": 0.99},
+    "accum": {"gradient_accumulation_steps": 2},
+    "lsf": {"loss_scale_factor": 128.0},
+    "all": {
+        "weight_decay": 0.004,
+        "use_ema": True,
+        "gradient_accumulation_steps": 2,
+        "loss_scale_factor": 128.0,
+        "global_clipnorm": 1.0,
+    },
 }
 OPT_CLASS = {
     "adam": "Adam",
@@ -154,9 +176,11 @@ class Workload:
 
 
 # ------------------------------------------------------------------- libraries
-def make_optimizer(lib: str, opt: str):
+def make_optimizer(lib: str, opt: str, feature: str = ""):
     cls_name = OPT_CLASS[opt]
-    kwargs = OPT_KWARGS[opt]
+    kwargs = {**OPT_KWARGS[opt], **FEATURE_KWARGS.get(feature, {})}
+    if feature and lib == "tf_keras":
+        raise ValueError(f"tf_keras legacy has no {feature}")
     if lib == "keras_opt":
         import keras_opt
 
@@ -187,10 +211,11 @@ def make_variables(lib: str, wl: Workload):
 class Runner:
     """One library's optimizer, variables and compiled step for one cell."""
 
-    def __init__(self, lib: str, opt_name: str, wl: Workload):
+    def __init__(self, lib: str, opt_name: str, wl: Workload, feature: str = ""):
         self.lib = lib
         self.vars = make_variables(lib, wl)
-        self.opt = make_optimizer(lib, opt_name)
+        self.opt = make_optimizer(lib, opt_name, feature)
+        self.accumulate = FEATURE_KWARGS.get(feature, {}).get("gradient_accumulation_steps", 1)
         grads = wl.grads
         variables = self.vars
         opt = self.opt
@@ -221,7 +246,7 @@ class Runner:
         self.step_fn()
         it = int(self.opt.iterations.numpy())
         self.steps_done += 1
-        if it != self.steps_done:
+        if it != self.steps_done // self.accumulate:
             raise RuntimeError(f"iterations={it} after {self.steps_done} steps")
 
     def close(self):
@@ -235,13 +260,15 @@ def short_reason(exc: BaseException) -> str:
     return msg[:100] + ("..." if len(msg) > 100 else "")
 
 
-def run_cell(wl: Workload, opt_name: str, libs: list[str], repeats: int, verbose: bool):
+def run_cell(
+    wl: Workload, opt_name: str, libs: list[str], repeats: int, verbose: bool, feature: str = ""
+):
     """Builds + warms every lib, then times `repeats` interleaved rounds."""
     runners: dict[str, Runner] = {}
     result = {lib: {"status": "n/a", "reason": "not run"} for lib in libs}
     for lib in libs:
         try:
-            runners[lib] = Runner(lib, opt_name, wl)
+            runners[lib] = Runner(lib, opt_name, wl, feature)
             result[lib] = {
                 "status": "ok",
                 "first_step_s": runners[lib].first_step_s,
@@ -371,6 +398,11 @@ def main(argv=None) -> int:
         + ", ".join(f"{k}={v}" for k, v in DEFAULT_REPEATS.items())
         + ")",
     )
+    p.add_argument(
+        "--features",
+        default="",
+        help="also time rows with Keras 3 base features: " + ",".join(FEATURE_KWARGS),
+    )
     p.add_argument("--json", default=None, help="also write results (with raw samples) here")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     p.add_argument("--render", default=None, help="only print the table of a saved --json file")
@@ -382,6 +414,7 @@ def main(argv=None) -> int:
     workloads = parse_list(args.workloads, ALL_WORKLOADS, upper=True)
     optimizers = parse_list(args.optimizers, ALL_OPTIMIZERS)
     libs = parse_list(args.libs, ALL_LIBS)
+    features = [""] + parse_list(args.features, FEATURE_KWARGS)
 
     import keras
     import tf_keras
@@ -400,9 +433,10 @@ def main(argv=None) -> int:
         wl = Workload(wl_name, shapes_cache)
         repeats = args.repeats or DEFAULT_REPEATS[wl_name]
         print(f"# {wl.describe()}; repeats={repeats}", flush=True)
-        for opt_name in optimizers:
+        for opt_name, feature in [(o, f) for o in optimizers for f in features]:
             t0 = time.perf_counter()
-            cell = run_cell(wl, opt_name, libs, repeats, args.verbose)
+            cell = run_cell(wl, opt_name, libs, repeats, args.verbose, feature)
+            opt_name = opt_name + (f"+{feature}" if feature else "")
             row = {"workload": wl_name, "optimizer": opt_name, "repeats": repeats, "libs": cell}
             results.append(row)
             print(

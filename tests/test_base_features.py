@@ -40,7 +40,10 @@ KERAS3_SHARED = [
 
 
 def _ids(cases):
-    return [n + "".join(f"-{k}={v}" for k, v in kw.items() if k != "learning_rate") for n, kw in cases]
+    return [
+        n + "".join(f"-{k}={v}" for k, v in kw.items() if k != "learning_rate")
+        for n, kw in cases
+    ]
 
 
 def _grads(step, shapes, sparse=False):
@@ -52,7 +55,9 @@ def _grads(step, shapes, sparse=False):
             indices = np.array([step % shape[0], 1, (step + 2) % shape[0], 1], np.int64)
             values = rng.standard_normal((4,) + shape[1:]).astype(np.float32)
             out.append(
-                tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant(shape, tf.int64))
+                tf.IndexedSlices(
+                    tf.constant(values), tf.constant(indices), tf.constant(shape, tf.int64)
+                )
             )
         else:
             out.append(tf.constant(rng.standard_normal(shape).astype(np.float32)))
@@ -96,7 +101,9 @@ def side_by_side(name, kwargs, features, mode, steps=STEPS, check_bitwise=False,
             if check_bitwise:
                 np.testing.assert_array_equal(a.numpy(), want, err_msg=f"step {step}")
             else:
-                np.testing.assert_allclose(a.numpy(), want, rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
+                np.testing.assert_allclose(
+                    a.numpy(), want, rtol=RTOL, atol=ATOL, err_msg=f"step {step}"
+                )
         assert int(opt.iterations.numpy()) == int(np.asarray(oracle.iterations)), f"step {step}"
     return opt, oracle, mine, theirs
 
@@ -118,7 +125,9 @@ def test_weight_decay_sgd_bitwise_with_schedule(mode):
     theirs = [keras.Variable(v) for v in _init()]
     opt = keras_opt.SGD(weight_decay=0.1, **schedule)
     oracle = keras.optimizers.SGD(
-        learning_rate=keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=2, decay_rate=0.5),
+        learning_rate=keras.optimizers.schedules.ExponentialDecay(
+            0.1, decay_steps=2, decay_rate=0.5
+        ),
         weight_decay=0.1,
     )
     my_step, their_step = _make_step(opt, mine, mode), _make_step(oracle, theirs, mode)
@@ -167,7 +176,7 @@ def test_exclude_by_name_and_after_first_step_like_keras3(mode):
 
 
 def test_exclude_takes_effect_eagerly_and_replaces_previous():
-    v = [tf.Variable(np.ones(3, np.float32), name="w"), tf.Variable(np.ones(3, np.float32), name="b")]
+    v = [tf.Variable(np.ones(3, np.float32), name=n) for n in ("w", "b")]
     opt = keras_opt.SGD(1.0, weight_decay=0.5)
     zero = [tf.zeros(3), tf.zeros(3)]
     opt.apply_gradients(zip(zero, v))
@@ -320,7 +329,9 @@ def _ema_side_by_side(name, kwargs, features, mode, steps=STEPS):
         my_step(grads)
         their_step(grads)
         for a, b in zip(mine, theirs):
-            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
+            np.testing.assert_allclose(
+                a.numpy(), b.numpy(), rtol=RTOL, atol=ATOL, err_msg=f"step {step}"
+            )
         for var, want in zip(mine, _their_ema(oracle)):
             got = opt.get_slot(var, "ema").numpy()
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"ema, step {step}")
@@ -356,7 +367,9 @@ def test_accumulation_with_schedule_sees_micro_steps_like_keras3(mode):
     """Keras 3 evaluates schedules at its raw (micro-step) counter; so does keras_opt."""
     mine = [tf.Variable(v) for v in _init()]
     theirs = [keras.Variable(v) for v in _init()]
-    opt = keras_opt.SGD(keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2)
+    opt = keras_opt.SGD(
+        keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
+    )
     oracle = keras.optimizers.SGD(
         keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
     )
@@ -461,7 +474,9 @@ def test_accumulation_sparse_equals_dense(name, mode):
     The applied step is dense in both (documented in accumulation.py), so the only
     difference is the summation order of repeated indices: ~1 ulp.
     """
-    sparse, dense = _sparse_and_dense_runs(name, dict(learning_rate=0.1), dict(gradient_accumulation_steps=3), mode)
+    sparse, dense = _sparse_and_dense_runs(
+        name, dict(learning_rate=0.1), dict(gradient_accumulation_steps=3), mode
+    )
     for step, (a, b) in enumerate(zip(sparse, dense)):
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7, err_msg=f"step {step}")
@@ -469,7 +484,9 @@ def test_accumulation_sparse_equals_dense(name, mode):
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_loss_scale_factor_sparse_equals_dense_sgd(mode):
-    sparse, dense = _sparse_and_dense_runs("SGD", dict(learning_rate=0.1), dict(loss_scale_factor=4.0), mode)
+    sparse, dense = _sparse_and_dense_runs(
+        "SGD", dict(learning_rate=0.1), dict(loss_scale_factor=4.0), mode
+    )
     for a, b in zip(sparse, dense):
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
@@ -486,7 +503,8 @@ def test_ema_sparse_against_float64_reference(mode):
         step_fn(_grads(step, SHAPES, sparse=True)[:1])
         value = var.numpy().astype(np.float64)
         reference = value if reference is None else 0.7 * reference + 0.3 * value
-        np.testing.assert_allclose(opt.get_slot(var, "ema").numpy(), reference, rtol=1e-5, atol=1e-7)
+        got = opt.get_slot(var, "ema").numpy()
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------ EMA swap
@@ -610,7 +628,8 @@ def test_checkpoint_with_features_restores_into_legacy_optimizer(tmp_path, targe
     plain.build(restored) if target == "keras_opt" else plain._create_all_weights(restored)
     if target == "keras_opt":
         # The feature slots are reported as values this optimizer does not use.
-        with pytest.warns(keras_opt.optimizer_v2.checkpointing.CheckpointMismatchWarning, match="ema"):
+        warning = keras_opt.optimizer_v2.checkpointing.CheckpointMismatchWarning
+        with pytest.warns(warning, match="ema"):
             tf.train.Checkpoint(v=restored, optimizer=plain).restore(path).expect_partial()
     else:
         tf.train.Checkpoint(v=restored, optimizer=plain).restore(path).expect_partial()
@@ -618,7 +637,9 @@ def test_checkpoint_with_features_restores_into_legacy_optimizer(tmp_path, targe
     for var, source in zip(restored, variables):
         np.testing.assert_array_equal(var.numpy(), source.numpy())
         for slot in ("m", "v"):
-            np.testing.assert_array_equal(plain.get_slot(var, slot).numpy(), opt.get_slot(source, slot).numpy())
+            np.testing.assert_array_equal(
+                plain.get_slot(var, slot).numpy(), opt.get_slot(source, slot).numpy()
+            )
 
 
 # ------------------------------------------------------------- MirroredStrategy worker
@@ -649,12 +670,15 @@ def test_mirrored_matches_one_device(mirrored_results, key):
 
     meta, arrays = mirrored_results
     dist_utils.worker_result(meta, key)
-    mirrored = {k[len(key) + 10 :]: v for k, v in arrays.items() if k.startswith(f"{key}/mirrored/")}
+    prefix = f"{key}/mirrored/"
+    mirrored = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
     assert any("/grad_accum@" in k or "/ema@" in k for k in mirrored)
     for name, value in mirrored.items():
         one = arrays[f"{key}/one/{name}"]
         for replica in range(value.shape[0]):
-            np.testing.assert_array_equal(value[replica], one[0], err_msg=f"{name} replica {replica}")
+            np.testing.assert_array_equal(
+                value[replica], one[0], err_msg=f"{name} replica {replica}"
+            )
 
 
 @pytest.mark.parametrize("key", [k for k in MIRRORED_KEYS if not k.startswith("accumulation")])
@@ -674,41 +698,64 @@ def test_mirrored_swap_and_finalize(mirrored_results, key):
 
 # ------------------------------------------------------------------- kill and resume
 def test_sigkill_mid_accumulation_and_resume_equals_uninterrupted(tmp_path):
-    """tests/workers/checkpoint_crash.py --features: SIGKILLed after a checkpoint taken
-    mid-group (every 4 calls, groups of 3), resumed: bit-exact with a run never killed."""
+    """tests/workers/checkpoint_crash.py --features: SIGKILLed after step 6 (its last
+    checkpoint, at call 4, is mid-group: groups of 3 calls), resumed in a new process:
+    bit-exact with a run never killed."""
+    import os
     import signal
-    import time
+    import subprocess
+    import sys
 
-    from test_checkpoint import WORKERS, kill_after_step, kill_group, start_worker, wait_worker
+    script = os.path.join(os.path.dirname(__file__), "workers", "checkpoint_crash.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    flags = ["--steps", "11", "--every", "4", "--features"]
 
-    deadline = time.monotonic() + 240
-    flags = ["--steps", "11", "--every", "4", "--features"]  # checkpoints at 4 and 8
-    logs = {name: str(tmp_path / f"{name}.log") for name in ("full", "crash", "resume")}
-
-    def start(name, run_dir):
+    def run(name, run_dir, *extra):
         args = ["--dir", str(tmp_path / run_dir), "--out", str(tmp_path / f"{name}.npz")]
-        return start_worker(WORKERS["crash"], args + flags, logs[name])
+        return subprocess.run(
+            [sys.executable, "-u", script, *args, *flags, *extra],
+            env=env, capture_output=True, text=True, timeout=150,
+        )
 
-    procs = [start("full", "full_run"), start("crash", "run")]
-    try:
-        full, crash = procs
-        killed_at = kill_after_step(crash, 6, deadline)
-        crash.wait(timeout=30)
-        assert killed_at is not None, open(logs["crash"]).read()[-3000:]
-        assert crash.returncode == -signal.SIGKILL
-        latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
-        resumed_from = int(latest.rsplit("-", 1)[1])
-        assert resumed_from % 3 != 0  # mid-group: the accumulators hold a partial sum
-        procs.append(start("resume", "run"))
-        resumed_out = wait_worker(procs[-1], deadline, logs["resume"])
-        wait_worker(full, deadline, logs["full"])
-    finally:
-        for proc in procs:
-            kill_group(proc)
-    assert f"resumed at step {resumed_from}" in resumed_out
+    full = run("full", "full_run")
+    assert full.returncode == 0, full.stderr[-3000:]
+    crash = run("crash", "run", "--die-after", "6")
+    assert crash.returncode == -signal.SIGKILL, crash.stderr[-3000:]
+    assert "step 6" in crash.stdout and not (tmp_path / "crash.npz").exists()
+    assert tf.train.latest_checkpoint(str(tmp_path / "run")).endswith("-4")
+    resume = run("resume", "run")
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert "resumed at step 4" in resume.stdout
     got, want = np.load(tmp_path / "resume.npz"), np.load(tmp_path / "full.npz")
     assert sorted(got.files) == sorted(want.files)
-    assert any(k.endswith("/grad_accum") for k in want.files) and any(k.endswith("/ema") for k in want.files)
+    assert any(k.endswith("/grad_accum") for k in want.files)
+    assert any(k.endswith("/ema") for k in want.files)
     for key in want.files:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert int(want["step"]) == 11 and int(want["iter"]) == 11 // 3
+
+
+# ------------------------------------------------------------------------ TF1 graphs
+def test_features_in_tf1_graph_equal_eager():
+    """A tf.compat.v1 graph + Session runs the same stages (the tf.conds included)."""
+    features = dict(COMBINATION, gradient_accumulation_steps=3)
+    eager_vars = [tf.Variable(v) for v in _init()]
+    eager_opt = keras_opt.Adam(0.05, **features)
+    graph_values = []
+    numpy_grads = [[g.numpy() for g in _grads(step, SHAPES)] for step in range(7)]
+    with tf.Graph().as_default() as graph:
+        variables = [tf.compat.v1.Variable(v, use_resource=True) for v in _init()]
+        opt = keras_opt.Adam(0.05, **features)
+        grads = [tf.compat.v1.placeholder(tf.float32, s) for s in SHAPES]
+        train_op = opt.apply_gradients(zip(grads, variables))
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            for step in range(7):
+                feed = dict(zip(grads, numpy_grads[step]))
+                sess.run(train_op, feed)
+                graph_values.append(sess.run(variables + [opt.iterations]))
+    for step in range(7):
+        eager_opt.apply_gradients(zip(_grads(step, SHAPES), eager_vars))
+        for got, want in zip(graph_values[step], [v.numpy() for v in eager_vars]):
+            np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        assert graph_values[step][-1] == int(eager_opt.iterations.numpy())

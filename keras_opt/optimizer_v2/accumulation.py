@@ -121,13 +121,14 @@ def apply_or_accumulate(
         averaged = distribution.extended.call_for_each_replica(
             lambda pairs: _average(opt, pairs), args=(grads_and_vars,)
         )
-        updates = update_all(averaged)
+        updates = tf.nest.flatten(update_all(averaged))
         with tf.control_dependencies(updates):
             resets = per_variable(lambda var, grad: _reset_one(opt, var), grads_and_vars)
         return tf.group(resets)
 
     def accumulate_step():
-        return tf.group(per_variable(lambda var, grad: _accumulate_one(opt, var, grad), grads_and_vars))
+        accumulate_one = lambda var, grad: _accumulate_one(opt, var, grad)  # noqa: E731
+        return tf.group(per_variable(accumulate_one, grads_and_vars))
 
     return tf.cond(is_apply_step, apply_step, accumulate_step), is_apply_step
 

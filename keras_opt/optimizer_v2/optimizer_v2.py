@@ -148,7 +148,8 @@ class OptimizerV2(
             if key not in _ALLOWED_KWARGS:
                 raise TypeError(
                     f"Unexpected keyword argument passed to optimizer: {key}. "
-                    f"Allowed kwargs are {set(_ALLOWED_KWARGS) | set(base_arguments.FEATURE_DEFAULTS)}."
+                    "Allowed kwargs are "
+                    f"{set(_ALLOWED_KWARGS) | set(base_arguments.FEATURE_DEFAULTS)}."
                 )
             if isinstance(value, numbers.Number) and value < 0:
                 raise ValueError(f"Expected {key} >= 0, received: {value}")

@@ -111,7 +111,9 @@ def train(keras_opt, strategy, name, kwargs, mode, record):
         if distributed:
             ctx = tf.distribute.get_replica_context()
             grads = tf.nest.map_structure(
-                lambda *xs: tf.switch_case(ctx.replica_id_in_sync_group, [lambda x=x: x for x in xs]),
+                lambda *xs: tf.switch_case(
+                    ctx.replica_id_in_sync_group, [lambda x=x: x for x in xs]
+                ),
                 *[as_tf(replica_grads(step, r)) for r in range(2)],
                 expand_composites=True,
             )
@@ -151,7 +153,8 @@ def main(out_dir: str) -> None:
             try:
                 tf.distribute.MirroredStrategy._collective_key_base += 100000
                 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-                for label, strategy in (("mirrored", mirrored), ("one", tf.distribute.get_strategy())):
+                one_device = tf.distribute.get_strategy()
+                for label, strategy in (("mirrored", mirrored), ("one", one_device)):
                     record: dict = {}
                     opt, variables = train(keras_opt, strategy, name, kwargs, mode, record)
                     for k, comps in record.items():

@@ -17,13 +17,15 @@ batches an uninterrupted run sees.
 With ``--features`` the optimizer also uses Keras 3's base arguments (FEATURES:
 gradient accumulation over 3 calls, EMA, weight decay, loss_scale_factor), and
 steps count calls (the micro-step counter), so that checkpoints every 4 calls
-fall in the middle of an accumulation group.
+fall in the middle of an accumulation group. ``--die-after N`` makes the
+process SIGKILL itself after step N (a deterministic crash).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--every", type=int, required=True)
     parser.add_argument("--features", action="store_true")
+    parser.add_argument("--die-after", type=int, default=None)
     parser.add_argument(
         "--modern", action="store_true", help="train one model per cases.MODERN_CASES optimizer"
     )
@@ -124,6 +127,8 @@ def main() -> None:
         if step % args.every == 0:
             manager.save(checkpoint_number=step)
         print(f"step {step}", flush=True)
+        if step == args.die_after:
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.05)  # leaves the parent time to kill mid-run
 
     out = {}
