@@ -367,12 +367,10 @@ def test_accumulation_with_schedule_sees_micro_steps_like_keras3(mode):
     """Keras 3 evaluates schedules at its raw (micro-step) counter; so does keras_opt."""
     mine = [tf.Variable(v) for v in _init()]
     theirs = [keras.Variable(v) for v in _init()]
-    opt = keras_opt.SGD(
-        keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
-    )
-    oracle = keras.optimizers.SGD(
-        keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), gradient_accumulation_steps=2
-    )
+    # Weight decay too: it uses the same (micro-step) learning rate in both.
+    features = dict(gradient_accumulation_steps=2, weight_decay=0.1)
+    opt = keras_opt.SGD(keras_opt.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
+    oracle = keras.optimizers.SGD(keras.optimizers.schedules.ExponentialDecay(0.1, 1, 0.5), **features)
     my_step, their_step = _make_step(opt, mine, mode), _make_step(oracle, theirs, mode)
     for step in range(6):
         grads = _grads(step, SHAPES)
@@ -588,7 +586,13 @@ def test_checkpoint_round_trip_mid_accumulation_with_ema(tmp_path, stop_at, mode
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
-def test_legacy_checkpoint_restores_into_optimizer_with_features(tmp_path):
+@pytest.mark.parametrize("build_first", [True, False])
+def test_legacy_checkpoint_restores_into_optimizer_with_features(tmp_path, build_first):
+    """A tf_keras checkpoint (no feature slots) restores m, v and iter; the new slots
+    start fresh: grad_accum at zero, the average at the variable's value (the restored
+    one when the slots are created after the restore)."""
+    import warnings
+
     import tf_keras
 
     variables = [tf.Variable(v) for v in _init()]
@@ -599,9 +603,19 @@ def test_legacy_checkpoint_restores_into_optimizer_with_features(tmp_path):
 
     restored = [tf.Variable(np.zeros_like(v)) for v in _init()]
     opt = keras_opt.Adam(0.05, **COMBINATION)
-    opt.build(restored)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if build_first:
+            opt.build(restored)
+        status = tf.train.Checkpoint(v=restored, optimizer=opt).restore(path)
+        if not build_first:
+            opt.build(restored)  # the slots are created now, from the deferred values
     # The new slots and the micro-step counter are not in the checkpoint: partial.
-    tf.train.Checkpoint(v=restored, optimizer=opt).restore(path).assert_nontrivial_match()
+    status.assert_nontrivial_match()
+    messages = [str(w.message) for w in caught]
+    assert not any("grad_accum" in m for m in messages), messages
+    if not build_first:  # m and v came from the checkpoint, ema did not: said once per var
+        assert sum("'ema'" in m for m in messages) == len(restored), messages
     assert int(opt.iterations.numpy()) == 3
     for var, legacy_var in zip(restored, variables):
         np.testing.assert_array_equal(var.numpy(), legacy_var.numpy())
@@ -609,9 +623,19 @@ def test_legacy_checkpoint_restores_into_optimizer_with_features(tmp_path):
             np.testing.assert_array_equal(
                 opt.get_slot(var, slot).numpy(), legacy.get_slot(legacy_var, slot).numpy()
             )
-        for slot in ("ema", "grad_accum"):  # new slots start fresh
-            np.testing.assert_array_equal(opt.get_slot(var, slot).numpy(), 0.0)
+        np.testing.assert_array_equal(opt.get_slot(var, "grad_accum").numpy(), 0.0)
+        start = np.zeros_like(var.numpy()) if build_first else var.numpy()
+        np.testing.assert_array_equal(opt.get_slot(var, "ema").numpy(), start)
     assert int(opt._grad_accum_iter.numpy()) == 0
+
+
+def test_swap_before_any_step_is_a_no_op():
+    var = tf.Variable(_init()[0])
+    opt = keras_opt.Adam(0.1, use_ema=True)
+    opt.build([var])
+    with opt.swap_ema_weights([var]):
+        np.testing.assert_array_equal(var.numpy(), _init()[0])
+    np.testing.assert_array_equal(var.numpy(), _init()[0])
 
 
 @pytest.mark.parametrize("target", ["keras_opt", "tf_keras"])

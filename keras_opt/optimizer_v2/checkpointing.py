@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import tensorflow as tf
 
+from keras_opt.optimizer_v2 import accumulation
 from keras_opt.optimizer_v2 import variables as variables_lib
 
 _ShardedVariable = tf.__internal__.distribute.ShardedVariable
@@ -159,7 +160,8 @@ def _check_one(opt: Any, var: Any, key: Any, asked: set) -> None:
         _pop_deferred(opt, key, slot_name)
     if foreign:
         warn_foreign_slots(opt, var, foreign, sorted(asked))
-    missing = sorted(asked - from_checkpoint)
+    # A fresh gradient accumulator (zero) is exactly right: not worth a warning.
+    missing = sorted(asked - from_checkpoint - {accumulation.SLOT})
     if from_checkpoint & asked and missing:
         _warn_missing_slots(opt, var, missing)
 

@@ -4,7 +4,7 @@ With ``use_ema=True`` each trained variable gets a slot ``"ema"`` (a name no
 optimizer uses for its own state; checkpoints keep it under
 ``<var>/.OPTIMIZER_SLOT/<optimizer>/ema``), updated after every call of
 ``apply_gradients``, after the variables' updates and before ``iterations``
-is incremented::
+is incremented (the slot starts at the variable's value)::
 
     m   = 0 if iterations == 0 else ema_momentum      (Keras 3's first-step rule)
     ema = m * ema + (1 - m) * var
@@ -27,6 +27,7 @@ and swap every replica's copy in place through ``extended.update``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterable, Iterator
 
 import tensorflow as tf
@@ -37,8 +38,24 @@ SLOT = "ema"
 
 
 def create_slots(opt: Any, var_list: list) -> None:
+    """Creates the averages, starting at the variables' values (eagerly; TF1 graphs: 0).
+
+    Keras 3 starts them at zero; its first-step rule overwrites them on the first
+    step, so the numbers are the same. Starting at the variable's value makes
+    `swap_ema_weights` before any step a no-op, and an average created after a
+    checkpoint without one restored the variable starts from the restored value
+    rather than from zero.
+    """
     for var in var_list:
-        opt.add_slot(var, SLOT)
+        initializer = "zeros"
+        if tf.executing_eagerly():
+            initializer = functools.partial(_current_value, var)
+        opt.add_slot(var, SLOT, initializer)
+
+
+def _current_value(var: Any, shape: Any, dtype: Any) -> Any:
+    del shape  # the variable's own
+    return tf.cast(tf.identity(var.read_value()), dtype)
 
 
 def update_averages(opt: Any, distribution: Any, var_list: list) -> list:
