@@ -23,7 +23,11 @@ Workloads (``--workloads``):
   W3  1000 variables of 1000 float32 params
   W4  [1_000_000, 64] float32 embedding, tf.IndexedSlices gradient of 4096 rows
       (random indices with duplicates, fixed seed). Keras 3 gets the same
-      IndexedSlices.
+      IndexedSlices. With ``lazy_adam`` among the optimizers, W4 also times the
+      touched-rows bound (gather and scatter of var, m and v on the seen rows).
+
+Optimizers: the classic five, and ``adamw``, ``lion``, ``lazy_adam`` (keras_opt's
+LazyAdam; tf_keras and Keras 3 have no lazy Adam, their Adam is timed in that row).
 
 Keras 3 base features (``--features wd,ema,accum,lsf,all``): each adds rows
 ``<optimizer>+<feature>`` where keras_opt and Keras 3 get the feature's
@@ -57,7 +61,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
-ALL_OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "ftrl")
+ALL_OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "ftrl", "adamw", "lion", "lazy_adam")
 ALL_LIBS = ("keras_opt", "tf_keras", "keras3", "keras3_jit")
 # Default timed repetitions per workload (W2 and W4 are big: fewer repeats).
 DEFAULT_REPEATS = {"W1": 10, "W2": 5, "W3": 10, "W4": 5}
@@ -71,6 +75,9 @@ OPT_KWARGS = {
     "adagrad": {},
     "rmsprop": {},
     "ftrl": {},
+    "adamw": {},
+    "lion": {},
+    "lazy_adam": {},
 }
 # Keras 3 base arguments per --features name ("accum": timed steps alternate
 # between accumulating and applying, so the median is about the accumulate step).
@@ -93,7 +100,14 @@ OPT_CLASS = {
     "adagrad": "Adagrad",
     "rmsprop": "RMSprop",
     "ftrl": "Ftrl",
+    # The modern optimizers (tf_keras legacy has none: its cells are n/a).
+    "adamw": "AdamW",
+    "lion": "Lion",
+    "lazy_adam": "LazyAdam",
 }
+# No other library has a lazy Adam: its row times their Adam (which decays all
+# of m and v on a sparse step; Keras 3 densifies the gradient) against LazyAdam.
+FOREIGN_CLASS = {"lazy_adam": "Adam"}
 
 
 # --------------------------------------------------------------------- workloads
@@ -171,6 +185,7 @@ def make_optimizer(lib: str, opt: str, feature: str = ""):
         import keras_opt
 
         return getattr(keras_opt, cls_name)(**kwargs)
+    cls_name = FOREIGN_CLASS.get(opt, cls_name)
     if lib == "tf_keras":
         import tf_keras
 
@@ -297,6 +312,35 @@ def run_cell(
     return result
 
 
+def touched_rows_bound_ms(wl: Workload, repeats: int) -> float:
+    """Median time of the least work a lazy sparse Adam step must do on ``wl``.
+
+    Sum the duplicate rows (unique + segment sum), gather the seen rows of
+    ``var``, ``m`` and ``v``, and scatter the three back: what LazyAdam does,
+    minus its arithmetic. The W4 reference point for LazyAdam.
+    """
+    grad = wl.grads[0]
+    arrays = [tf.Variable(wl.init_values[0]) for _ in range(3)]
+
+    @tf.function
+    def touch():
+        rows, inverse = tf.unique(grad.indices)
+        summed = tf.math.unsorted_segment_sum(grad.values, inverse, tf.size(rows))
+        for array in arrays:
+            array.scatter_update(tf.IndexedSlices(tf.gather(array, rows) + summed, rows))
+        return tf.size(rows)
+
+    touch()
+    times = []
+    for _ in range(max(repeats, 5)):
+        t0 = time.perf_counter()
+        touch().numpy()
+        times.append((time.perf_counter() - t0) * 1e3)
+    del arrays
+    gc.collect()
+    return statistics.median(times)
+
+
 # ---------------------------------------------------------------------- output
 def fmt_cell(res: dict | None) -> str:
     if res is None:
@@ -320,6 +364,8 @@ def markdown_table(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
+        if "libs" not in row:  # the touched-rows bound, printed on its own
+            continue
         c = row["libs"]
         lines.append(
             f"| {row['workload']} | {row['optimizer']} | {fmt_cell(c.get('keras_opt'))} "
@@ -407,6 +453,11 @@ def main(argv=None) -> int:
             )
             if args.json:  # written after every cell so a killed run keeps its data
                 write_json(args.json, results)
+        if wl.sparse and "lazy_adam" in optimizers:
+            bound = touched_rows_bound_ms(wl, repeats)
+            results.append({"workload": wl_name, "touched_rows_bound_ms": bound})
+            print(f"#   {wl_name} touched-rows bound (gather + scatter of var, m, v): "
+                  f"{bound:.2f} ms", flush=True)  # fmt: skip
         del wl
         gc.collect()
     print(f"# total {time.perf_counter() - t_start:.1f}s\n", flush=True)
@@ -414,7 +465,8 @@ def main(argv=None) -> int:
     slow = [
         r
         for r in results
-        if all(r["libs"].get(k, {}).get("status") == "ok" for k in ("keras_opt", "tf_keras"))
+        if "libs" in r
+        and all(r["libs"].get(k, {}).get("status") == "ok" for k in ("keras_opt", "tf_keras"))
         and r["libs"]["keras_opt"]["median_ms"] > 1.05 * r["libs"]["tf_keras"]["median_ms"]
     ]
     if slow:

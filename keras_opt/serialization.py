@@ -11,7 +11,8 @@ from keras_opt import optimizer_v2 as _opt
 _BUILTIN = {
     cls.__name__.lower(): cls
     for cls in (_opt.Adadelta, _opt.Adagrad, _opt.Adam, _opt.Adamax, _opt.Ftrl, _opt.Nadam,
-                _opt.RMSprop, _opt.SGD)
+                _opt.RMSprop, _opt.SGD,
+                _opt.AdamW, _opt.Adafactor, _opt.Lamb, _opt.LazyAdam, _opt.Lion, _opt.Muon)
 }  # fmt: skip
 # Keys that tf_keras and Keras 3 configs may carry but that legacy optimizers do not take.
 _FOREIGN_KEYS = ("is_legacy_optimizer",)

@@ -234,6 +234,8 @@ def sparse_step(name, state, rows, row_grads, t, cfg):
     full_g = np.zeros_like(state["var"])
     full_g[rows] = row_grads
     dense = dense_step(name, state, full_g, t, cfg)
+    if name in DENSIFIED:
+        return dense
     row_state = {
         k: (v[rows] if np.ndim(v) and k not in ("momentum_cache",) else v) for k, v in state.items()
     }
@@ -248,3 +250,194 @@ def sparse_step(name, state, rows, row_grads, t, cfg):
             updated[rows] = row_new[key]
             new[key] = updated
     return new
+
+
+# ----------------------------------------------------------------- modern optimizers
+# Keras 3's optimizers, re-implemented in keras_opt (AdamW, Lion, Lamb, Adafactor,
+# Muon) and TensorFlow Addons' LazyAdam. Learning rate and Lion's/Lamb's betas are
+# `_set_hyper` float32 variables (rounded, as above); every other argument is
+# converted straight to the variable's dtype (exact).
+MODERN_DEFAULTS = {
+    "LazyAdam": dict(DEFAULTS["Adam"]),
+    "AdamW": dict(DEFAULTS["Adam"], weight_decay=0.004),
+    "Lion": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.99),
+    "Lamb": dict(learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+    "Adafactor": dict(
+        learning_rate=0.001,
+        beta_2_decay=-0.8,
+        epsilon_1=1e-30,
+        epsilon_2=1e-3,
+        clip_threshold=1.0,
+        relative_step=True,
+    ),
+    "Muon": dict(
+        learning_rate=0.001,
+        adam_beta_1=0.9,
+        adam_beta_2=0.999,
+        adam_weight_decay=0.004,
+        epsilon=1e-7,
+        weight_decay=0.004,
+        exclude_layers=(),
+        exclude_embeddings=True,
+        muon_a=3.4445,
+        muon_b=-4.7750,
+        muon_c=2.0315,
+        adam_lr_ratio=1,
+        momentum=0.95,
+        ns_steps=5,
+        nesterov=True,
+        rms_rate=0.2,
+    ),
+}
+DEFAULTS.update(MODERN_DEFAULTS)
+# The weight decay stage casts the Python rate with `tf.cast` (through float32).
+_MODERN_FLOAT32 = {
+    "learning_rate",
+    "decay",
+    "beta_1",
+    "beta_2",
+    "weight_decay",
+    "adam_weight_decay",
+}
+
+
+def modern_config(name: str, kwargs: dict) -> dict:
+    cfg = dict(DEFAULTS[name])
+    cfg.update(kwargs)
+    cfg.setdefault("decay", 0.0)
+    for key in _MODERN_FLOAT32 & set(cfg):
+        if cfg[key] is not None:
+            cfg[key] = float(np.float32(cfg[key]))
+    return cfg
+
+
+def decay_rate(name: str, cfg: dict, state: dict):
+    """The decoupled weight-decay rate of a variable (Muon: per kind of step)."""
+    if name == "Muon":
+        return cfg["adam_weight_decay"] if "velocity" in state else cfg["weight_decay"]
+    return cfg.get("weight_decay")
+
+
+def modern_step(name, state, g, t, cfg, rows=None):
+    """Weight decay, then a dense step (``rows`` None) or a sparse one.
+
+    Sparse: ``g`` holds the summed gradient rows at the unique ``rows``; the
+    decay stage decays those rows only, except for optimizers that densify
+    (``DENSIFIED``), which decay every row as their dense step does.
+    """
+    rate = decay_rate(name, cfg, state)
+    if rate:
+        state = dict(state)
+        var = np.array(state["var"], copy=True)
+        if rows is None or name in DENSIFIED:
+            var = var - var * rate * _lr(cfg, t)
+        else:
+            var[rows] = var[rows] - var[rows] * rate * _lr(cfg, t)
+        state["var"] = var
+    if rows is None:
+        return dense_step(name, state, g, t, cfg)
+    return sparse_step(name, state, rows, g, t, cfg)
+
+
+def modern_initial_state(name: str, cfg: dict, var: np.ndarray, adamw: bool = False) -> dict:
+    """``adamw``: Muon only, whether this variable takes the AdamW step."""
+    zeros = np.zeros_like(var)
+    if name in ("LazyAdam", "AdamW"):
+        return initial_state("Adam", cfg, var)
+    if name == "Lion":
+        return {"var": var, "momentum": zeros}
+    if name == "Lamb":
+        return {"var": var, "m": zeros, "v": zeros}
+    if name == "Adafactor":
+        if var.ndim >= 2:
+            return {"var": var, "r": zeros.mean(axis=-1), "c": zeros.mean(axis=-2)}
+        return {"var": var, "v": zeros}
+    if name == "Muon":
+        state = {"var": var, "momentum": zeros}
+        if adamw:
+            state["velocity"] = zeros
+        return state
+    raise KeyError(name)
+
+
+def _rms(x):
+    return np.sqrt(np.mean(np.square(x)))
+
+
+def lion_step(s, g, t, cfg):
+    b1, b2 = cfg["beta_1"], cfg["beta_2"]
+    var = s["var"] - _lr(cfg, t) * np.sign(b1 * s["momentum"] + (1 - b1) * g)
+    return {"var": var, "momentum": b2 * s["momentum"] + (1 - b2) * g}
+
+
+def lamb_step(s, g, t, cfg):
+    b1, b2 = cfg["beta_1"], cfg["beta_2"]
+    m = b1 * s["m"] + (1 - b1) * g
+    v = b2 * s["v"] + (1 - b2) * g * g
+    update = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + cfg["epsilon"])
+    w_norm, u_norm = np.linalg.norm(s["var"]), np.linalg.norm(update)
+    ratio = w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0
+    return {"m": m, "v": v, "var": s["var"] - ratio * _lr(cfg, t) * update}
+
+
+def adafactor_step(s, g, t, cfg):
+    rho = min(_lr(cfg, t), 1 / np.sqrt(t))
+    alpha = max(cfg["epsilon_2"], _rms(s["var"])) * rho
+    beta = 1 - float(t) ** cfg["beta_2_decay"]
+    big_g = g * g + cfg["epsilon_1"]
+    out = {}
+    if np.ndim(s["var"]) >= 2:
+        out["r"] = beta * s["r"] + (1 - beta) * big_g.mean(axis=-1)
+        out["c"] = beta * s["c"] + (1 - beta) * big_g.mean(axis=-2)
+        r_norm = out["r"] / out["r"].mean(axis=-1, keepdims=True)
+        v = r_norm[..., :, None] * out["c"][..., None, :]
+    else:
+        out["v"] = v = beta * s["v"] + (1 - beta) * big_g
+    u = g / np.sqrt(v)
+    out["var"] = s["var"] - alpha * u / max(1.0, _rms(u) / cfg["clip_threshold"])
+    return out
+
+
+def newton_schulz(x, cfg):
+    transpose = x.shape[0] > x.shape[1]
+    if transpose:
+        x = x.T
+    x = x / (np.linalg.norm(x) + 1e-7)
+    for _ in range(cfg["ns_steps"]):
+        a = x @ x.T
+        x = cfg["muon_a"] * x + (cfg["muon_b"] * a + cfg["muon_c"] * a @ a) @ x
+    return x.T if transpose else x
+
+
+def muon_step(s, g, t, cfg):
+    """``cfg["adamw"]``: this variable takes the AdamW step (set per variable)."""
+    lr = _lr(cfg, t)
+    if "velocity" in s:
+        b1, b2 = cfg["adam_beta_1"], cfg["adam_beta_2"]
+        m = b1 * s["momentum"] + (1 - b1) * g
+        v = b2 * s["velocity"] + (1 - b2) * g * g
+        alpha = lr * cfg["adam_lr_ratio"] * np.sqrt(1 - b2**t) / (1 - b1**t)
+        var = s["var"] - alpha * m / (np.sqrt(v) + cfg["epsilon"])
+        return {"momentum": m, "velocity": v, "var": var}
+    mu = cfg["momentum"]
+    m = mu * s["momentum"] + g
+    step = lr * newton_schulz(g + mu * m if cfg["nesterov"] else m, cfg)
+    if cfg["rms_rate"] is not None:
+        step = step * np.sqrt(max(s["var"].shape)) * cfg["rms_rate"]
+    return {"momentum": m, "var": s["var"] - step}
+
+
+STEPS.update(
+    {
+        "LazyAdam": adam_step,
+        "AdamW": adam_step,
+        "Lion": lion_step,
+        "Lamb": lamb_step,
+        "Adafactor": adafactor_step,
+        "Muon": muon_step,
+    }
+)
+# Rows-only sparse updates; the others densify (`DENSIFIED`): a sparse step is
+# the dense step with zero rows. (AdamW: as Adam.)
+SPARSE_FULL.update({"LazyAdam": set(), "Lion": set(), "AdamW": SPARSE_FULL["Adam"]})
+DENSIFIED = {"Lamb", "Adafactor", "Muon"}

@@ -19,7 +19,7 @@ from tf_keras.optimizers import legacy as tf_keras_legacy
 import keras_opt
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 
-from cases import CASES, NAMES, case_id
+from cases import CASES, MODERN_CASES, MODERN_NAMES, NAMES, case_id
 
 
 def make_vars(prefix=""):
@@ -211,16 +211,43 @@ def assert_nothing_changed(opt, variables, snapshot):
         assert opt.iterations.numpy() == 0
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_mismatched_gradient_shape_raises_before_any_update(name):
+@pytest.mark.parametrize("name", NAMES + MODERN_NAMES)
+@pytest.mark.parametrize("mode", ["eager", "function"])
+def test_mismatched_gradient_shape_raises_before_any_update(name, mode):
     # tf_keras raises InvalidArgumentError from the kernel of the second variable,
     # after the first one was already updated; keras_opt checks every pair first.
     w, b = make_vars()
     snapshot = [w.numpy(), b.numpy()]
     opt = getattr(keras_opt, name)()
+
+    def step(bad):
+        opt.apply_gradients([(GRADS[0], w), (bad, b)])
+
+    if mode == "function":
+        step = tf.function(step)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"b:0.*shape \(3,\).*\(2,\)"):
-        opt.apply_gradients([(GRADS[0], w), (tf.constant([1.0, 2.0, 3.0]), b)])
+        step(tf.constant([1.0, 2.0, 3.0]))
     assert_nothing_changed(opt, [w, b], snapshot)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: keras_opt.Lion(beta_1=0.0), ValueError, "beta_1.*Received: beta_1=0.0"),
+        (lambda: keras_opt.Lion(beta_1=1.5), ValueError, "beta_1.*Received: beta_1=1.5"),
+        (lambda: keras_opt.AdamW(weight_decay=None), ValueError, "weight_decay=None"),
+        (lambda: keras_opt.AdamW(weight_decay=-0.1), ValueError, "weight_decay=-0.1"),
+        (lambda: keras_opt.Lamb(weight_decay="0.1"), TypeError, "weight_decay='0.1'"),
+        (lambda: keras_opt.Muon(exclude_layers="dense"), TypeError, "exclude_layers.*'dense'"),
+        (lambda: keras_opt.Muon(exclude_layers=[3]), TypeError, "exclude_layers.*3"),
+        (lambda: keras_opt.Muon(ns_steps=-1), ValueError, "ns_steps.*-1"),
+        (lambda: keras_opt.Muon(adam_weight_decay=-1.0), ValueError, "adam_weight_decay.*-1.0"),
+        (lambda: keras_opt.Adafactor(clip_threshold=0.0), ValueError, "clip_threshold.*0.0"),
+    ],
+)
+def test_modern_invalid_constructor_arguments(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_mismatched_sparse_row_shape():
@@ -295,7 +322,28 @@ def test_all_none_gradients_and_partial_none(caplog):
 def test_error_types_are_both_tf_and_python_errors():
     error = gradients_lib.InvalidGradientError("message")
     assert isinstance(error, tf.errors.InvalidArgumentError) and isinstance(error, ValueError)
+    assert error.message == "message"
     assert issubclass(gradients_lib.NotAVariableError, TypeError)
+
+
+def test_error_types_survive_autograph():
+    """Inside a user's tf.function (converted by AutoGraph) the errors keep their types."""
+    w, _ = make_vars()
+    opt = keras_opt.SGD()
+
+    @tf.function
+    def not_a_variable():
+        opt.apply_gradients([(GRADS[0], tf.constant(GRADS[0]))])
+
+    with pytest.raises(gradients_lib.NotAVariableError, match="only update variables"):
+        not_a_variable()
+
+    @tf.function
+    def wrong_dtype():
+        opt.apply_gradients([(tf.cast(GRADS[0], tf.float64), w)])
+
+    with pytest.raises(gradients_lib.InvalidGradientError, match="w:0.*float64"):
+        wrong_dtype()
 
 
 # --------------------------------------------------------- training API
@@ -378,9 +426,11 @@ def test_apply_gradients_in_cross_replica_context_raises():
         opt.apply_gradients([(tf.constant(1.0), var)])
 
 
+@pytest.mark.parametrize("case", [("Adam", {})] + MODERN_CASES, ids=case_id)
 @pytest.mark.parametrize("build_first", [True, False])
-def test_one_hundred_steps_trace_once(build_first):
-    opt = keras_opt.Adam()
+def test_one_hundred_steps_trace_once(build_first, case):
+    name, kwargs = case
+    opt = getattr(keras_opt, name)(**kwargs)
     w, b = make_vars()
     traces = []
     if build_first:
@@ -507,6 +557,48 @@ def test_config_round_trip_and_tf_keras_configs(case):
     assert opt.get_config() == theirs.get_config()
     from_theirs = keras_opt.deserialize(tf_keras.optimizers.serialize(theirs))
     assert from_theirs.get_config() == opt.get_config()
+
+
+@pytest.mark.parametrize("case", MODERN_CASES, ids=case_id)
+def test_modern_config_round_trip_and_keras3_configs(case):
+    """Keras 3's config keys in Keras 3's order; configs move between the libraries."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    name, kwargs = case
+    opt = getattr(keras_opt, name)(clipnorm=0.5, **kwargs)
+    config = keras_opt.serialize(opt)
+    assert config["class_name"] == name and config["module"] == "keras_opt"
+    clone = keras_opt.deserialize(config)
+    assert type(clone) is type(opt) and clone.get_config() == opt.get_config()
+    for spelling in (name, name.lower(), name.upper()):
+        assert type(keras_opt.get(spelling)) is type(opt)
+    if name == "LazyAdam":  # TensorFlow Addons' class: tf_keras legacy Adam's config
+        assert opt.get_config() == dict(keras_opt.Adam(clipnorm=0.5, **kwargs).get_config(),
+                                        name="LazyAdam")  # fmt: skip
+        return
+    theirs = getattr(keras.optimizers, name)(clipnorm=0.5, **kwargs)
+    assert list(opt.get_config()) == list(theirs.get_config())
+    from_theirs = keras_opt.deserialize(keras.optimizers.serialize(theirs))
+    assert type(from_theirs) is type(opt)
+    for key, value in from_theirs.get_config().items():
+        if isinstance(value, float):  # Keras 3 reports its float32 learning rate
+            assert value == pytest.approx(opt.get_config()[key], rel=1e-7), key
+        elif key != "name":
+            assert value == opt.get_config()[key], key
+
+
+@pytest.mark.parametrize("case", MODERN_CASES, ids=case_id)
+def test_modern_build_creates_weights_like_first_step(case):
+    name, kwargs = case
+    built, stepped = getattr(keras_opt, name)(**kwargs), getattr(keras_opt, name)(**kwargs)
+    w1, b1 = make_vars()
+    w2, b2 = make_vars()
+    built.build([w1, b1])
+    stepped.apply_gradients(zip([tf.zeros_like(GRADS[0]), tf.zeros_like(GRADS[1])], [w2, b2]))
+    assert [v.name for v in built.weights] == [v.name for v in stepped.weights]
+    assert [v.shape for v in built.weights] == [v.shape for v in stepped.weights]
+    assert built.weights[0] is built.iterations
 
 
 def test_deepcopy_keeps_hyperparameters():

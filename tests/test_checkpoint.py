@@ -38,7 +38,9 @@ import keras_opt
 from keras_opt.optimizer_v2.checkpointing import CheckpointMismatchWarning
 
 from cases import (
+    MODERN_CASES,
     assert_same_state,
+    case_id,
     gradient_stream,
     initial_values,
     to_tf_grad,
@@ -140,7 +142,7 @@ def written(tmp_path_factory):
     cache = {}
 
     def get(lib_name, case, mode):
-        key = (lib_name, CKPT_CASES.index(case), mode)
+        key = (lib_name, repr(case), mode)
         if key not in cache:
             name, kwargs = case
             model, opt = Model(), getattr(LIBS[lib_name], name)(**kwargs)
@@ -155,10 +157,17 @@ def written(tmp_path_factory):
     return get
 
 
+# The modern optimizers (no tf_keras twin) round-trip through keras_opt itself.
+ROUND_TRIPS = [(d, c) for d in DIRECTIONS for c in CKPT_CASES] + [
+    (("keras_opt", "keras_opt"), c) for c in MODERN_CASES
+]
+
+
 @pytest.mark.parametrize("restore", ["deferred", "build"])
 @pytest.mark.parametrize("mode", ["eager", "function"])
-@pytest.mark.parametrize("case", CKPT_CASES, ids=lambda c: c[0])
-@pytest.mark.parametrize("direction", DIRECTIONS, ids=lambda d: f"{d[0]}-to-{d[1]}")
+@pytest.mark.parametrize(
+    "direction, case", ROUND_TRIPS, ids=[f"{d[0]}-to-{d[1]}-{case_id(c)}" for d, c in ROUND_TRIPS]
+)
 def test_restore_continues_like_uninterrupted(direction, case, mode, restore, written):
     """Dense (``w``) and sparse (``e``) gradients in each run."""
     path, want = written(direction[0], case, mode)
@@ -177,6 +186,32 @@ def test_restore_continues_like_uninterrupted(direction, case, mode, restore, wr
         fresh = getattr(keras_opt, name)(**kwargs)
         fresh.build(Model().vars)
         assert len(opt.weights) == len(fresh.weights)
+
+
+def test_adam_checkpoint_restores_into_adamw_and_lazy_adam(written):
+    """AdamW and LazyAdam keep Adam's slots and hyperparameters: an Adam checkpoint fits.
+
+    AdamW with ``weight_decay=0`` then continues exactly as the uninterrupted Adam
+    (the decay stage subtracts ``var * 0``); LazyAdam restores the same values.
+    """
+    adam_case = CKPT_CASES[1]
+    path, want = written("keras_opt", adam_case, "eager")
+    model, opt = Model(start=False), keras_opt.AdamW(weight_decay=0.0, **adam_case[1])
+    status = checkpoint(model, opt).restore(path)
+    step = make_step(opt, model, "eager")
+    run(step, GRADS[BEFORE : BEFORE + 1])
+    status.assert_consumed()
+    run(step, GRADS[BEFORE + 1 :])
+    assert_same_state(state(opt, model.vars), want)
+    restored = {}
+    for cls in (keras_opt.Adam, keras_opt.LazyAdam):
+        model, opt = Model(start=False), cls(**adam_case[1])
+        opt.build(model.vars)
+        checkpoint(model, opt).restore(path).assert_consumed()
+        restored[cls.__name__] = opt.get_weights()
+    assert len(restored["Adam"]) == len(restored["LazyAdam"]) > 1
+    for a, b in zip(restored["Adam"], restored["LazyAdam"]):
+        np.testing.assert_array_equal(a, b)
 
 
 # Models that create their variables on the first call. tf_keras layers build
@@ -676,11 +711,15 @@ def kill_after_step(proc, step, deadline):
 CRASH_STEPS, CRASH_EVERY = 24, 4
 
 
-def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
-    """Killed after a random step past a checkpoint, resumed: equal to never killed."""
+@pytest.mark.parametrize("modern", [False, True], ids=["adam", "modern_cases"])
+def test_sigkill_and_resume_equals_uninterrupted(modern, tmp_path):
+    """Killed after a random step past a checkpoint, resumed: equal to never killed.
+
+    ``modern_cases``: one model per cases.MODERN_CASES optimizer, in one process.
+    """
     deadline = time.monotonic() + 240
     kill_after = int(np.random.default_rng(2024).integers(CRASH_EVERY + 1, CRASH_STEPS - 4))
-    flags = ["--steps", str(CRASH_STEPS), "--every", str(CRASH_EVERY)]
+    flags = ["--steps", str(CRASH_STEPS), "--every", str(CRASH_EVERY)] + ["--modern"] * modern
     logs = {name: str(tmp_path / f"{name}.log") for name in ("full", "crash", "resume")}
 
     def start(name, run_dir):
@@ -710,4 +749,6 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     assert sorted(got.files) == sorted(want.files) and len(want.files) > 3
     for key in want.files:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    assert int(want["iter"]) == CRASH_STEPS
+    iters = [key for key in want.files if key.endswith("iter")]
+    assert len(iters) == (len(MODERN_CASES) if modern else 1)
+    assert all(int(want[key]) == CRASH_STEPS for key in iters)

@@ -34,6 +34,7 @@ import keras_opt
 from keras_opt.mixed_precision import loss_scale_optimizer as lso_module
 
 import dist_utils
+from cases import MODERN_CASES, case_id
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -230,6 +231,49 @@ def test_dynamic_scale_matches_tf_keras(inner, mode, sparse):
     scales = [s["loss_scale"] for s in snapshots]
     assert max(scales) > 2.0**15 and min(scales) < 2.0**15, "both growth and shrinking happen"
     assert np.all(np.isfinite(snapshots[-1]["w"])) and np.all(np.isfinite(snapshots[-1]["b"]))
+
+
+# The modern optimizers have no tf_keras twin. Oracle: the bare optimizer fed the
+# fed gradients on the finite steps, and only its step count advanced on the
+# skipped ones (the wrapper counts skipped steps in `iterations` too). The loss
+# scale is a power of two, so scaling and unscaling are exact: bit for bit.
+MODERN_LSO = [(inner, sparse, "eager") for inner in MODERN_CASES for sparse in (False, True)] + [
+    (inner, True, "function") for inner in MODERN_CASES if inner[0] in ("AdamW", "Muon", "Lion")
+]
+
+
+@pytest.mark.parametrize(
+    "inner, sparse, mode",
+    MODERN_LSO,
+    ids=[f"{case_id(i)}-{'sparse' if s else 'dense'}-{m}" for i, s, m in MODERN_LSO],
+)
+def test_wraps_modern_optimizers(inner, sparse, mode):
+    ours = Trainer("keras_opt", inner=inner, sparse=sparse, mode=mode)
+    bare = getattr(keras_opt, inner[0])(**inner[1])
+    w, b = (tf.Variable(v, name=n) for v, n in zip(start_values(tf.float32), "wb"))
+
+    def bare_step(gw, gb):
+        if sparse:
+            gw = tf.IndexedSlices(gw, tf.constant(SPARSE_IDS), tf.constant([ROWS, COLS], tf.int64))
+        bare.apply_gradients([(gw, w), (gb, b)])
+
+    bare_step = tf.function(bare_step) if mode == "function" else bare_step
+    finite, snapshots = [], []
+    for i in range(STEPS):
+        finite.append(ours.step(i))
+        snapshots.append(ours.snapshot())
+        if finite[-1]:
+            bare_step(*(tf.constant(g) for g in ours.feed[i]))
+        else:
+            bare.iterations.assign_add(1)
+        np.testing.assert_array_equal(ours.w.numpy(), w.numpy(), err_msg=f"w after step {i}")
+        np.testing.assert_array_equal(ours.b.numpy(), b.numpy(), err_msg=f"b after step {i}")
+    assert [i for i, ok in enumerate(finite) if not ok] == sorted(INJECT)
+    assert_follows_rule(ours.opt, finite, snapshots)
+    inner_weights = ours.opt.inner_optimizer.get_weights()
+    assert len(inner_weights) == len(bare.get_weights()) > 1
+    for a, c in zip(inner_weights, bare.get_weights()):
+        np.testing.assert_array_equal(a, c)
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16], ids=["float16", "bfloat16"])

@@ -1,7 +1,9 @@
 """Training process for the crash test (tests/test_checkpoint.py).
 
 Trains a small model with keras_opt's Adam (amsgrad, a decaying learning-rate
-schedule: the step counter matters) for ``--steps`` steps in a `tf.function`,
+schedule: the step counter matters), or with ``--modern`` one model per
+configuration of ``cases.MODERN_CASES`` (all in one step and one checkpoint),
+for ``--steps`` steps in a `tf.function`,
 saving a checkpoint with `tf.train.CheckpointManager` every ``--every`` steps
 and printing ``step N`` after each step. If ``--dir`` already holds a
 checkpoint, it resumes from the latest one (printing ``resumed at step N``).
@@ -34,6 +36,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import keras_opt  # noqa: E402
+from keras_opt.optimizer_v2.variables import var_key  # noqa: E402
 
 VOCAB, DIM = 8, 3
 FEATURES = dict(
@@ -62,6 +65,18 @@ def batch(step: int):
     return tf.constant(ids), tf.constant(target)
 
 
+def make_optimizers(modern: bool, features: bool) -> list:
+    """Adam (amsgrad, a schedule; FEATURES with ``features``), or every cases.MODERN_CASES one."""
+    if not modern:
+        schedule = keras_opt.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.8)
+        extra = FEATURES if features else {}
+        return [keras_opt.Adam(learning_rate=schedule, amsgrad=True, **extra)]
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from cases import MODERN_CASES
+
+    return [getattr(keras_opt, name)(**kwargs) for name, kwargs in MODERN_CASES]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
@@ -70,18 +85,24 @@ def main() -> None:
     parser.add_argument("--every", type=int, required=True)
     parser.add_argument("--features", action="store_true")
     parser.add_argument("--die-after", type=int, default=None)
-    args = parser.parse_args()
-
-    model = Model()
-    schedule = keras_opt.schedules.ExponentialDecay(0.05, decay_steps=3, decay_rate=0.8)
-    features = FEATURES if args.features else {}
-    opt = keras_opt.Adam(learning_rate=schedule, amsgrad=True, **features)
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=model, optimizer=opt), args.dir, max_to_keep=3
+    parser.add_argument(
+        "--modern", action="store_true", help="train one model per cases.MODERN_CASES optimizer"
     )
-    variables = [model.emb, model.kernel, model.bias]
+    args = parser.parse_args()
+    if args.features and args.modern:
+        parser.error("--features and --modern do not combine")
+
+    optimizers = make_optimizers(args.modern, args.features)
+    models = [Model() for _ in optimizers]
+    if len(optimizers) == 1:
+        objects = dict(model=models[0], optimizer=optimizers[0])
+    else:
+        objects = {f"{kind}{i}": obj for i, pair in enumerate(zip(models, optimizers))
+                   for kind, obj in zip(("model", "optimizer"), pair)}  # fmt: skip
+    opt = optimizers[0]  # all optimizers step together: its count is the step
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects), args.dir, max_to_keep=3)
     if args.features:
-        opt.build(variables)
+        opt.build([models[0].emb, models[0].kernel, models[0].bias])
 
     def current_step() -> int:
         counter = opt._grad_accum_iter if args.features else opt.iterations
@@ -93,10 +114,12 @@ def main() -> None:
 
     @tf.function
     def train_step(ids, target):
-        with tf.GradientTape() as tape:
-            pred = tf.gather(model.emb, ids) @ model.kernel + model.bias
-            loss = tf.reduce_mean(tf.square(pred - target))
-        opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        for model, optimizer in zip(models, optimizers):
+            variables = [model.emb, model.kernel, model.bias]
+            with tf.GradientTape() as tape:
+                pred = tf.gather(model.emb, ids) @ model.kernel + model.bias
+                loss = tf.reduce_mean(tf.square(pred - target))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
     while current_step() < args.steps:
         train_step(*batch(current_step()))
@@ -108,12 +131,18 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(0.05)  # leaves the parent time to kill mid-run
 
-    out = {"iter": opt.iterations.numpy(), "step": current_step()}
-    for var in variables:
-        name = var.name.split(":")[0]
-        out[name] = var.numpy()
-        for slot in opt.get_slot_names():
-            out[f"{name}/{slot}"] = opt.get_slot(var, slot).numpy()
+    out = {}
+    for i, (model, optimizer) in enumerate(zip(models, optimizers)):
+        prefix = f"{i}:" if len(optimizers) > 1 else ""
+        out[prefix + "iter"] = optimizer.iterations.numpy()
+        for var in (model.emb, model.kernel, model.bias):
+            name = prefix + var.name.split(":")[0]
+            out[name] = var.numpy()
+            for slot in optimizer.get_slot_names():
+                if slot in optimizer._slots.get(var_key(var), {}):  # Muon: some only
+                    out[f"{name}/{slot}"] = optimizer.get_slot(var, slot).numpy()
+    if len(optimizers) == 1:
+        out["step"] = current_step()
     np.savez(args.out, **out)
 
 

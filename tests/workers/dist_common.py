@@ -49,6 +49,21 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _modern_optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
+    """The first configuration of each modern optimizer in the shared table (keras_opt only)."""
+    from cases import MODERN_CASES
+    from dist_configs import KERAS_OPT_ONLY
+
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for name, kwargs in MODERN_CASES:
+        out.setdefault(name.lower(), (name, kwargs))
+    assert set(out) == KERAS_OPT_ONLY, (set(out), KERAS_OPT_ONLY)
+    return out
+
+
+OPTIMIZERS.update(_modern_optimizers())
+
+
 def set_deadline(seconds: float) -> None:
     """Dumps every thread's stack and exits the process after ``seconds``.
 
@@ -255,10 +270,19 @@ def snapshot(variables: dict[str, Any], optimizer) -> dict[str, np.ndarray]:
 
     for name in VAR_NAMES:
         put("var/" + name, variables[name])
-        for slot_name in optimizer.get_slot_names():
-            put(f"slot/{name}/{slot_name}", optimizer.get_slot(variables[name], slot_name))
+        for slot_name, slot in slots_of(optimizer, variables[name]):
+            put(f"slot/{name}/{slot_name}", slot)
     put("iterations", optimizer.iterations)
     return out
+
+
+def slots_of(optimizer, var):
+    """(name, slot) of every slot ``var`` has (Muon and Adafactor: not all of them)."""
+    for slot_name in optimizer.get_slot_names():
+        try:
+            yield slot_name, optimizer.get_slot(var, slot_name)
+        except KeyError:
+            continue
 
 
 def describe(variables: dict[str, Any], optimizer) -> dict[str, Any]:
@@ -273,8 +297,7 @@ def describe(variables: dict[str, Any], optimizer) -> dict[str, Any]:
     }
     for name in VAR_NAMES:
         var = variables[name]
-        for slot_name in optimizer.get_slot_names():
-            slot = optimizer.get_slot(var, slot_name)
+        for slot_name, slot in slots_of(optimizer, var):
             info["slots"][f"{name}/{slot_name}"] = {
                 "type": type(slot).__name__,
                 "devices": [c.device for c in components(slot)],

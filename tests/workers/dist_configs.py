@@ -104,6 +104,16 @@ config(
     opt_outside_scope=True,
     function=False,
 )
+# The modern optimizers (dist_common takes them from cases.MODERN_CASES): keras_opt
+# only, against one-device training (no tf_keras twin).
+KERAS_OPT_ONLY = frozenset({"adamw", "lion", "lamb", "adafactor", "muon", "lazyadam"})
+config("adamw-sparse", opt="adamw")
+config("muon-sparse", opt="muon")
+config("lion-sparse-eager", opt="lion", function=False)
+config("lamb-sparse-eager", opt="lamb", function=False)
+config("adafactor-dense-eager", opt="adafactor", sparse=False, function=False)
+config("lazyadam-sparse-eager", opt="lazyadam", function=False)
+config("ckpt-adafactor-sparse-2to4-eager", opt="adafactor", restore_replicas=4, function=False)
 # Checkpoints saved after CKPT_STEPS steps, restored into fresh objects under
 # another replica count (0: no strategy), training continued to STEPS.
 config("ckpt-adam-sparse-2to4-eager", replicas=2, restore_replicas=4, function=False)
@@ -123,6 +133,11 @@ config(
     restore_replicas=2,
     function=False,
 )
+
+
+def lib_names(cfg: dict) -> tuple[str, ...]:
+    """The libraries a configuration trains: keras_opt, and tf_keras where it has the optimizer."""
+    return ("keras_opt",) if cfg["opt"] in KERAS_OPT_ONLY else ("keras_opt", "tf_keras")
 
 
 def reference_config(cfg: dict) -> dict:

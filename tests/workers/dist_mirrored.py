@@ -29,6 +29,7 @@ from dist_configs import (
     GLOBAL_BATCH,
     REPLICAS_MAX,
     STEPS,
+    lib_names,
     reference_config,
     reference_key,
 )
@@ -60,6 +61,8 @@ def run_reference(libs, results, ref: dict, data, cache: dict) -> str:
     if key not in cache:
         strategy = make_strategy(0)
         for lib_name, lib in libs.items():
+            if lib_name not in lib_names(ref):
+                continue
             variables, optimizer = common.build(lib, ref, strategy, common.initial_values())
             common.train(ref, strategy, variables, optimizer, *data, range(STEPS))
             results.add_arrays(f"{key}/{lib_name}", common.snapshot(variables, optimizer))
@@ -76,6 +79,8 @@ def run_config(libs, results, name: str, cfg: dict, data, cache: dict) -> dict:
         "describe": {},
     }
     for lib_name, lib in libs.items():
+        if lib_name not in lib_names(cfg):
+            continue
         variables, optimizer = common.build(lib, cfg, strategy, common.initial_values())
         created_under = optimizer._distribution_strategy
         if cfg["restore_replicas"] is None:
