@@ -451,12 +451,7 @@ def test_adafactor_slot_shapes():
 
 
 # ------------------------------------------------------------------ TF1 graphs
-# use_ema is left out: the EMA stage (issue 11) fails to build in a TF1 graph for
-# every optimizer at the time of writing ("Can not convert a tuple into a Tensor").
-TF1_CASES = [c for c in MODERN_CASES if not c[1].get("use_ema")]
-
-
-@pytest.mark.parametrize("case", TF1_CASES, ids=case_id)
+@pytest.mark.parametrize("case", MODERN_CASES, ids=case_id)
 def test_tf1_graph_session_matches_eager(case):
     """In a tf.compat.v1 graph and session, the same numbers as eagerly.
 

@@ -448,10 +448,8 @@ class OptimizerV2(
                     update_op = distribution.extended.update(
                         var, apply_one, args=(grad,), group=False
                     )
-                    if tf.distribute.in_cross_replica_context():
-                        update_ops.extend(update_op)
-                    else:
-                        update_ops.append(update_op)
+                    # A flat list: in a TF1 graph `update` returns a tuple per variable.
+                    update_ops.extend(tf.nest.flatten(update_op))
         return update_ops
 
     def _finish_step(self, increment, read_value=True):
