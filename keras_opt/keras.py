@@ -199,7 +199,8 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         object.__setattr__(self, "_self_setattr_tracking", False)
         self._keras_opt_optimizer = inner
         tf.__internal__.tracking.DelegatingTrackableMixin.__init__(self, inner)
-        self.name = inner._name
+        base = inner.inner_optimizer if isinstance(inner, _ko.LossScaleOptimizer) else inner
+        self.name = base._name
         self.built = False
         self.weight_decay = None
         self.use_ema = False
@@ -282,7 +283,8 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
 
     @property
     def variables(self) -> list:
-        """``iter``, hyperparameter variables by name, then slots variable by variable."""
+        """``iter``, hyperparameter variables by name, other weights (Nadam's momentum
+        cache), then the slots variable by variable."""
         inner = self._keras_opt_optimizer
         prefix = self.name
         out = [_VariableFace(inner.iterations, f"{prefix}/iteration")]
@@ -290,6 +292,13 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         for name in sorted(hyper):
             if isinstance(hyper[name], tf.Variable):
                 out.append(_VariableFace(hyper[name], f"{prefix}/{name}"))
+        # Other optimizer weights (Nadam's momentum cache), in creation order.
+        listed = {id(face.variable) for face in out}
+        listed.update(id(s) for slots in inner._slots.values() for s in slots.values())
+        for weight in inner.weights:
+            if id(weight) not in listed:
+                name = weight.name.split(":")[0].rsplit("/", 1)[-1]
+                out.append(_VariableFace(weight, f"{prefix}/{name}"))
         slot_names = inner.get_slot_names()
         for index, var in enumerate(self._built_variables):
             slots = inner._slots.get(_variables.var_key(var), {})
@@ -402,9 +411,24 @@ class Wrapped(Optimizer):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None):
-        objects = dict(keras.saving.get_custom_objects())
-        objects.update(custom_objects or {})
-        return cls(_ko.deserialize(config["optimizer"], custom_objects=objects))
+        inner = config["optimizer"]
+        return cls(_ko.deserialize(inner, custom_objects=_custom_objects(inner, custom_objects)))
+
+
+def _custom_objects(config: dict, custom_objects: dict | None) -> dict:
+    """``custom_objects`` plus the classes Keras knows for ``config``'s names.
+
+    Keras passes ``load_model(custom_objects=...)`` through a scope, not as an
+    argument: `keras.saving.get_registered_object` sees that scope.
+    """
+    objects = dict(custom_objects or {})
+    for key in ("class_name", "registered_name"):
+        name = config.get(key)
+        if name and name not in objects:
+            found = keras.saving.get_registered_object(name)
+            if found is not None:
+                objects[name] = found
+    return objects
 
 
 def _optimizer_classes() -> dict[str, type]:
@@ -506,10 +530,6 @@ class LossScaleOptimizer(Optimizer, _KerasLossScaleOptimizer):
         adapter._init_adapter(lso)
         return adapter
 
-    def _init_adapter(self, inner):
-        super()._init_adapter(inner)
-        self.name = inner.inner_optimizer._name
-
     @property
     def inner_optimizer(self) -> Optimizer:
         """The wrapped optimizer as a keras_opt.keras adapter."""
@@ -569,8 +589,7 @@ class LossScaleOptimizer(Optimizer, _KerasLossScaleOptimizer):
 
     @classmethod
     def from_config(cls, config: dict, custom_objects: dict | None = None):
-        objects = dict(keras.saving.get_custom_objects())
-        objects.update(custom_objects or {})
+        objects = _custom_objects(config.get("inner_optimizer") or {}, custom_objects)
         return cls._from_keras_opt(_ko.LossScaleOptimizer.from_config(dict(config), objects))
 
 
