@@ -15,6 +15,14 @@ import tensorflow as tf
 VOCAB, DIM, IDS = 10, 4, 3
 N, BATCH = 32, 8
 
+# The optimizers the MirroredStrategy fit test trains (dense and sparse kernels).
+MIRRORED_CASES = [
+    ("Adam", dict(learning_rate=0.05)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
+    ("Adagrad", dict(learning_rate=0.1)),
+    ("Ftrl", dict(learning_rate=0.1, l1_regularization_strength=0.001)),
+]
+
 
 def data(seed: int = 0):
     rng = np.random.default_rng(seed)

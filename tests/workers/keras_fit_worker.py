@@ -13,7 +13,7 @@ epoch, trains one more epoch and writes ``DIR/<case>.npz`` (model weights,
 (type and message) or, if it loads, the optimizer class it got.
 
 ``mirrored``: two logical CPUs, then Keras 3 fit of each optimizer of
-MIRRORED_CASES under MirroredStrategy (the optimizer created inside and outside
+keras_fit_common.MIRRORED_CASES under MirroredStrategy (the optimizer created inside and outside
 the scope) and on one device.
 """
 
@@ -32,14 +32,6 @@ faulthandler.dump_traceback_later(240, exit=True)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-MIRRORED_CASES = [
-    ("Adam", dict(learning_rate=0.05)),
-    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
-    ("Adagrad", dict(learning_rate=0.1)),
-    ("Ftrl", dict(learning_rate=0.1, l1_regularization_strength=0.001)),
-]
-
 
 def resume(lib_name: str, directory: str) -> None:
     import keras_fit_common as common
@@ -93,7 +85,7 @@ def mirrored(out_path: str) -> None:
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     out = {}
-    for name, kwargs in MIRRORED_CASES:
+    for name, kwargs in common.MIRRORED_CASES:
         model = common.build_model(keras)
         opt = kk.wrap(getattr(keras_opt, name)(**kwargs))
         common.fit(model, opt, epochs=2)
