@@ -8,14 +8,15 @@ r"""Adadelta: step sizes from running averages of squared gradients and updates.
     var        <- var - lr * update
 
 Slots, in this order for all variables: ``"accum_grad"``, ``"accum_var"``.
-Dense updates run ``ResourceApplyAdadelta``, sparse ones ``ResourceSparseApplyAdadelta``.
+Dense updates run ``ResourceApplyAdadelta``, sparse ones ``ResourceSparseApplyAdadelta``
+(plain ops under XLA, which has no kernel for it: see `xla_fallbacks`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import optimizer_v2, xla, xla_fallbacks
 
 
 class Adadelta(optimizer_v2.OptimizerV2):
@@ -69,6 +70,17 @@ class Adadelta(optimizer_v2.OptimizerV2):
         return tf.raw_ops.ResourceApplyAdadelta(**self._kernel_args(grad, var, apply_state))
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        if xla.in_xla_context():  # No XLA kernel for ResourceSparseApplyAdadelta.
+            coef = self._coefficients(var, apply_state)
+            return xla_fallbacks.sparse_update(
+                xla_fallbacks.adadelta,
+                [var, self.get_slot(var, "accum_grad"), self.get_slot(var, "accum_var")],
+                grad,
+                indices,
+                lr=coef["lr_t"],
+                rho=coef["rho"],
+                epsilon=coef["epsilon"],
+            )
         return tf.raw_ops.ResourceSparseApplyAdadelta(
             indices=indices, **self._kernel_args(grad, var, apply_state)
         )

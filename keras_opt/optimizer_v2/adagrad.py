@@ -6,14 +6,15 @@ r"""Adagrad: per-coordinate learning rates from the sum of squared gradients.
     var         <- var - lr * g / (sqrt(accumulator) + epsilon)
 
 Slot: ``"accumulator"``, initialised to ``initial_accumulator_value``. Dense
-updates run ``ResourceApplyAdagradV2``, sparse ones ``ResourceSparseApplyAdagradV2``.
+updates run ``ResourceApplyAdagradV2``, sparse ones ``ResourceSparseApplyAdagradV2``
+(plain ops under XLA, which has no kernel for it: see `xla_fallbacks`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import optimizer_v2, xla, xla_fallbacks
 
 
 class Adagrad(optimizer_v2.OptimizerV2):
@@ -85,6 +86,15 @@ class Adagrad(optimizer_v2.OptimizerV2):
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         coef = self._coefficients(var, apply_state)
+        if xla.in_xla_context():  # No XLA kernel for ResourceSparseApplyAdagradV2.
+            return xla_fallbacks.sparse_update(
+                xla_fallbacks.adagrad_v2,
+                [var, self.get_slot(var, "accumulator")],
+                grad,
+                indices,
+                lr=coef["lr_t"],
+                epsilon=coef["epsilon"],
+            )
         return tf.raw_ops.ResourceSparseApplyAdagradV2(
             var=var.handle,
             accum=self.get_slot(var, "accumulator").handle,

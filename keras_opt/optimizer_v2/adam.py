@@ -10,7 +10,8 @@ With ``t`` the step number (``iterations + 1``) and ``lr`` the learning rate::
 
 Slots, created in this order for all variables: ``"m"``, ``"v"``, then
 ``"vhat"`` with ``amsgrad=True``. Dense updates run ``ResourceApplyAdam`` /
-``ResourceApplyAdamWithAmsgrad``; sparse updates decay ``m`` and ``v`` in full
+``ResourceApplyAdamWithAmsgrad`` (plain ops under XLA, which has no AMSGrad kernel:
+see `xla_fallbacks`); sparse updates decay ``m`` and ``v`` in full
 and scatter-add the new gradient rows, as tf_keras does (TF has no sparse Adam
 kernel). ``NonFusedAdam`` is the same optimizer written in plain TensorFlow ops
 (``fused=False``), which XLA can compile.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import optimizer_v2, xla, xla_fallbacks
 
 _EPSILON = 1e-7
 
@@ -109,6 +110,18 @@ class Adam(optimizer_v2.OptimizerV2):
         )
         if not self.amsgrad:
             return tf.raw_ops.ResourceApplyAdam(**args)
+        if xla.in_xla_context():  # No XLA kernel for ResourceApplyAdamWithAmsgrad.
+            return xla_fallbacks.dense_update(
+                xla_fallbacks.adam_amsgrad,
+                [var, self.get_slot(var, "m"), self.get_slot(var, "v"), self.get_slot(var, "vhat")],
+                grad,
+                beta1_power=coef["beta_1_power"],
+                beta2_power=coef["beta_2_power"],
+                lr=coef["lr_t"],
+                beta1=coef["beta_1_t"],
+                beta2=coef["beta_2_t"],
+                epsilon=coef["epsilon"],
+            )
         return tf.raw_ops.ResourceApplyAdamWithAmsgrad(
             vhat=self.get_slot(var, "vhat").handle, **args
         )

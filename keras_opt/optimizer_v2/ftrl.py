@@ -12,14 +12,15 @@ and ``g' = g + 2 * l2_shrinkage * var``::
 Slots, per variable in this order: ``"accumulator"`` (starting at
 ``initial_accumulator_value``), ``"linear"``. Updates run
 ``ResourceApplyFtrl(V2)`` / ``ResourceSparseApplyFtrl(V2)`` (V2 when
-``l2_shrinkage_regularization_strength > 0``).
+``l2_shrinkage_regularization_strength > 0``); sparse updates use plain ops under XLA,
+which has no kernel for them (see `xla_fallbacks`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import optimizer_v2
+from keras_opt.optimizer_v2 import optimizer_v2, xla, xla_fallbacks
 
 
 class Ftrl(optimizer_v2.OptimizerV2):
@@ -121,6 +122,18 @@ class Ftrl(optimizer_v2.OptimizerV2):
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         args = self._kernel_args(grad, var, apply_state)
+        if xla.in_xla_context():  # No XLA kernel for ResourceSparseApplyFtrl(V2).
+            return xla_fallbacks.sparse_update(
+                xla_fallbacks.ftrl,
+                [var, self.get_slot(var, "accumulator"), self.get_slot(var, "linear")],
+                grad,
+                indices,
+                lr=args["lr"],
+                l1=args["l1"],
+                l2=args["l2"],
+                lr_power=args["lr_power"],
+                l2_shrinkage=args.get("l2_shrinkage"),
+            )
         kernel = (
             tf.raw_ops.ResourceSparseApplyFtrlV2
             if "l2_shrinkage" in args

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2
+from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2, xla, xla_fallbacks
 
 
 class SGD(optimizer_v2.OptimizerV2):
@@ -78,6 +78,16 @@ class SGD(optimizer_v2.OptimizerV2):
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         coef = self._coefficients(var, apply_state)
+        if xla.in_xla_context():  # No XLA kernel for ResourceSparseApplyKerasMomentum.
+            return xla_fallbacks.sparse_update(
+                xla_fallbacks.keras_momentum,
+                [var, self.get_slot(var, "momentum")],
+                grad,
+                indices,
+                lr=coef["lr_t"],
+                momentum=coef["momentum"],
+                nesterov=self.nesterov,
+            )
         return tf.raw_ops.ResourceSparseApplyKerasMomentum(
             var=var.handle,
             accum=self.get_slot(var, "momentum").handle,

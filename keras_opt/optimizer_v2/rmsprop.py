@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2
+from keras_opt.optimizer_v2 import hyperparameters, optimizer_v2, xla, xla_fallbacks
 
 
 class RMSprop(optimizer_v2.OptimizerV2):
@@ -114,6 +114,23 @@ class RMSprop(optimizer_v2.OptimizerV2):
 
     def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
         coef = self._coefficients(var, apply_state)
+        if self._momentum and xla.in_xla_context():
+            # No XLA kernel for ResourceSparseApply(Centered)RMSProp.
+            slots = [self.get_slot(var, "rms"), self.get_slot(var, "momentum")]
+            rule = xla_fallbacks.rmsprop
+            if self.centered:
+                slots.insert(0, self.get_slot(var, "mg"))
+                rule = xla_fallbacks.centered_rmsprop
+            return xla_fallbacks.sparse_update(
+                rule,
+                [var] + slots,
+                grad,
+                indices,
+                lr=coef["lr_t"],
+                rho=coef["rho"],
+                momentum=coef["momentum"],
+                epsilon=coef["epsilon"],
+            )
         if self._momentum:
             kernel = (
                 tf.raw_ops.ResourceSparseApplyCenteredRMSProp
