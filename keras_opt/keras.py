@@ -386,7 +386,13 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         return _adapter_for(cls, inner)
 
     def __repr__(self):
-        return f"<keras_opt.keras.{type(self).__name__} wrapping {self._keras_opt_optimizer!r}>"
+        # Shown by tf_keras's "Could not interpret optimizer identifier" error.
+        name = type(self._keras_opt_optimizer).__name__
+        return (
+            f"<keras_opt.keras.{type(self).__name__} {self.name!r} (a Keras 3 optimizer "
+            f"around keras_opt.{name}; for a tf_keras model use keras_opt.tf_keras.{name}(...) "
+            "or keras_opt.tf_keras.wrap(...))>"
+        )
 
 
 def _adapter_for(cls: type, inner: _optimizer_v2.OptimizerV2) -> Optimizer:

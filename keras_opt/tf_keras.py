@@ -113,12 +113,14 @@ def wrap(optimizer: Any):
     subclass is saved under its own class name: pass it in ``custom_objects``
     when loading, as for any custom tf_keras optimizer.
     """
-    if isinstance(optimizer, _LegacyOptimizer):
+    if isinstance(optimizer, _LegacyOptimizer) and isinstance(optimizer, _optimizer_v2.OptimizerV2):
         return optimizer
     if not isinstance(optimizer, _optimizer_v2.OptimizerV2):
         module = type(optimizer).__module__ or ""
         hint = ""
-        if module.startswith("keras_opt.keras"):
+        if isinstance(optimizer, _LegacyOptimizer):
+            hint = " It is already a tf_keras optimizer: pass it to compile as it is."
+        elif module.startswith("keras_opt.keras"):
             hint = (
                 " It is a Keras 3 adapter: pass its `keras_opt_optimizer` instead, or use "
                 "keras_opt.tf_keras classes for tf_keras models."

@@ -3,6 +3,7 @@
     python keras_fit_worker.py resume LIB DIR        # LIB: keras or tf_keras
     python keras_fit_worker.py noimport LIB FILE OUT.json
     python keras_fit_worker.py mirrored OUT.npz
+    python keras_fit_worker.py tf_keras_mirrored OUT.npz
 
 ``resume``: imports keras_opt's adapter module for LIB, loads every
 ``DIR/<case>.keras`` (Keras 3) or ``DIR/<case>.h5`` (tf_keras) saved after one
@@ -14,7 +15,8 @@ epoch, trains one more epoch and writes ``DIR/<case>.npz`` (model weights,
 
 ``mirrored``: two logical CPUs, then Keras 3 fit of each optimizer of
 keras_fit_common.MIRRORED_CASES under MirroredStrategy (the optimizer created inside and outside
-the scope) and on one device.
+the scope) and on one device. ``tf_keras_mirrored``: tf_keras fit under
+MirroredStrategy with keras_opt.tf_keras.X and with tf_keras.optimizers.legacy.X.
 """
 
 from __future__ import annotations
@@ -104,9 +106,39 @@ def mirrored(out_path: str) -> None:
     np.savez(out_path, **out)
 
 
+def tf_keras_mirrored(out_path: str) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
+    import tf_keras
+
+    import keras_fit_common as common
+    import keras_opt.tf_keras as tk
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    out = {}
+    for name, kwargs in common.MIRRORED_CASES:
+        for lib_name, lib in (("keras_opt", tk), ("tf_keras", tf_keras.optimizers.legacy)):
+            with strategy.scope():
+                opt = getattr(lib, name)(**kwargs)
+                model = common.build_model(tf_keras)
+                model.compile(optimizer=opt, loss="mse")
+            common.fit(model, None, epochs=2)
+            out[f"{name}/{lib_name}"] = np.concatenate([w.ravel() for w in model.get_weights()])
+            out[f"{name}/{lib_name}/iter"] = np.asarray(opt.iterations.numpy())
+    np.savez(out_path, **out)
+
+
 def main() -> None:
     mode, *args = sys.argv[1:]
-    {"resume": resume, "noimport": noimport, "mirrored": mirrored}[mode](*args)
+    modes = {
+        "resume": resume,
+        "noimport": noimport,
+        "mirrored": mirrored,
+        "tf_keras_mirrored": tf_keras_mirrored,
+    }
+    modes[mode](*args)
     print("worker done")
 
 
