@@ -50,8 +50,9 @@ class _TfKerasMixin:
     _keras_api_names_v1 = ()
 
     def __repr__(self):
+        name = getattr(self, "_name", None) or getattr(self, "inner_optimizer", self)._name
         return (
-            f"<keras_opt.tf_keras.{type(self).__name__} {self._name!r} (a tf_keras / Keras 2 "
+            f"<keras_opt.tf_keras.{type(self).__name__} {name!r} (a tf_keras / Keras 2 "
             "optimizer; for a Keras 3 model use keras_opt.keras."
             f"{type(self).__name__}(...) or keras_opt.keras.wrap(...))>"
         )
@@ -90,6 +91,38 @@ _CLASSES: dict[type, type] = {}
 for _name, _cls in _optimizer_classes().items():
     globals()[_name] = _CLASSES[_cls] = _make_class(_name, _cls)
 del _name, _cls
+
+
+from tf_keras.src.mixed_precision import loss_scale_optimizer as _tfk_lso  # noqa: E402
+
+
+class LossScaleOptimizer(
+    _TfKerasMixin, _ko.LossScaleOptimizer, _LegacyOptimizer, _tfk_lso.BaseLossScaleOptimizer
+):
+    """keras_opt.LossScaleOptimizer as a tf_keras legacy loss-scale optimizer.
+
+    tf_keras's compile under ``mixed_float16`` keeps it as it is (it is a
+    ``tf_keras.mixed_precision.LossScaleOptimizer``); the numbers are tf_keras
+    legacy's. ``inner_optimizer`` is made a keras_opt.tf_keras optimizer (`wrap`).
+    """
+
+    def __init__(self, inner_optimizer, dynamic=True, initial_scale=None, dynamic_growth_steps=None):
+        if isinstance(inner_optimizer, _optimizer_v2.OptimizerV2) and not isinstance(
+            inner_optimizer, _ko.LossScaleOptimizer
+        ):
+            inner_optimizer = wrap(inner_optimizer)
+        _ko.LossScaleOptimizer.__init__(
+            self,
+            inner_optimizer,
+            dynamic=dynamic,
+            initial_scale=initial_scale,
+            dynamic_growth_steps=dynamic_growth_steps,
+        )
+
+
+LossScaleOptimizer = tf_keras.saving.register_keras_serializable(
+    package=PACKAGE, name="LossScaleOptimizer"
+)(LossScaleOptimizer)
 
 
 def _user_class(base: type) -> type:
@@ -134,12 +167,12 @@ def wrap(optimizer: Any):
         )
     if isinstance(optimizer, _ko.LossScaleOptimizer):
         raise TypeError(
-            "keras_opt.tf_keras.wrap received a keras_opt.LossScaleOptimizer; wrap its "
-            "inner optimizer instead: tf_keras's compile adds tf_keras's own legacy loss "
-            "scaling under the mixed_float16 policy (the same numbers)."
+            "keras_opt.tf_keras.wrap received a keras_opt.LossScaleOptimizer; use "
+            "keras_opt.tf_keras.LossScaleOptimizer(inner_optimizer) instead (or no wrapper: "
+            "tf_keras's compile adds its legacy loss scaling under mixed_float16)."
         )
     optimizer.__class__ = _user_class(type(optimizer))
     return optimizer
 
 
-__all__ = sorted(c.__name__ for c in _CLASSES.values()) + ["wrap"]
+__all__ = sorted(c.__name__ for c in _CLASSES.values()) + ["LossScaleOptimizer", "wrap"]

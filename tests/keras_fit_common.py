@@ -15,13 +15,28 @@ import tensorflow as tf
 VOCAB, DIM, IDS = 10, 4, 3
 N, BATCH = 32, 8
 
-# The optimizers the MirroredStrategy fit test trains (dense and sparse kernels).
+# The optimizers the MirroredStrategy fit tests train (dense and sparse kernels).
 MIRRORED_CASES = [
     ("Adam", dict(learning_rate=0.05)),
     ("SGD", dict(learning_rate=0.1, momentum=0.9)),
-    ("Adagrad", dict(learning_rate=0.1)),
     ("Ftrl", dict(learning_rate=0.1, l1_regularization_strength=0.001)),
 ]
+
+
+def save_cases(cases):
+    """One case of the shared table per distinct optimizer state (class and slot set).
+
+    Save/resume tests run these: every optimizer class, and every option that
+    adds a slot or a weight (momentum, amsgrad, centered, l2 shrinkage).
+    """
+    seen, out = set(), []
+    for name, kwargs in cases:
+        key = (name, bool(kwargs.get("momentum")), kwargs.get("amsgrad", False),
+               kwargs.get("centered", False), "l2_shrinkage_regularization_strength" in kwargs)
+        if key not in seen:
+            seen.add(key)
+            out.append((name, kwargs))
+    return out
 
 
 def data(seed: int = 0):
