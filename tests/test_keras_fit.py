@@ -439,3 +439,17 @@ def test_tf_keras_classes_are_refused_with_keras3():
     # Keras 3's own error shows the object; its repr says what to use instead.
     with pytest.raises(ValueError, match="keras_opt.keras.Adam"):
         model.compile(optimizer=tk.Adam(), loss="mse")
+
+
+# ------------------------------------------------------------------ main job
+def test_main_job_fit_part_equals_the_custom_loop(capsys):
+    from keras_opt import demo, demo_fit
+
+    feats, tokens, labels = demo.make_data()
+    full = (tf.constant(feats), tf.constant(tokens), tf.constant(labels))
+    batches = demo.make_batches(feats, tokens, labels, 6)
+    diffs = demo_fit.run(
+        ["Adam", "Ftrl"], demo.OPTIMIZERS, demo.initial_weights(), batches, full, demo.forward
+    )
+    assert diffs == {"Adam": 0.0, "Ftrl": 0.0}
+    assert "bit-for-bit for 2/2" in capsys.readouterr().out

@@ -189,7 +189,7 @@ def test_other_formats_behave_as_tf_keras_legacy(tmp_path, fmt):
     common.assert_same(outcomes[0], outcomes[1])
 
 
-def test_learning_rate_scheduler_changes_the_lr_used():
+def test_learning_rate_scheduler_changes_the_lr_used_and_survives_save(tmp_path):
     lrs = [0.1, 0.05, 0.025]
     states = []
     for opt in _pair(("SGD", dict(learning_rate=0.1, momentum=0.5))):
@@ -199,6 +199,32 @@ def test_learning_rate_scheduler_changes_the_lr_used():
         states.append(common.state(model, opt))
         assert float(opt.learning_rate.numpy()) == np.float32(0.025)
     common.assert_same(*states)
+    path = str(tmp_path / "m.h5")
+    model.save(path)
+    assert float(tf_keras.models.load_model(path).optimizer.learning_rate.numpy()) == np.float32(0.025)
+
+
+def test_backup_and_restore_resumes_like_tf_keras_legacy(tmp_path):
+    class StopAt(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    states = []
+    for lib_name, opt_fn in (("ours", lambda: tk.Adam(0.1)), ("legacy", lambda: legacy.Adam(0.1))):
+        backup = tf_keras.callbacks.BackupAndRestore(str(tmp_path / lib_name))
+        scheduler = tf_keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+        with pytest.raises(RuntimeError, match="interrupted"):
+            common.fit(common.build_model(tf_keras), opt_fn(), epochs=3, callbacks=[scheduler, backup, StopAt()])
+        model = common.build_model(tf_keras, seed=9)
+        common.fit(model, opt_fn(), epochs=3, callbacks=[scheduler, backup])
+        states.append(common.state(model, model.optimizer))
+    common.assert_same(*states)
+    # Restored (the resumed models started from other weights): as uninterrupted.
+    scheduler = tf_keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
+    model = common.build_model(tf_keras)
+    common.fit(model, legacy.Adam(0.1), epochs=3, callbacks=[scheduler])
+    common.assert_same(states[0], common.state(model, model.optimizer))
 
 
 def test_mirrored_strategy_equals_tf_keras_legacy(tmp_path):
