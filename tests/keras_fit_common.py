@@ -18,7 +18,6 @@ N, BATCH = 32, 8
 # The optimizers the MirroredStrategy fit tests train (dense and sparse kernels).
 MIRRORED_CASES = [
     ("Adam", dict(learning_rate=0.05)),
-    ("SGD", dict(learning_rate=0.1, momentum=0.9)),
     ("Ftrl", dict(learning_rate=0.1, l1_regularization_strength=0.001)),
 ]
 
@@ -26,8 +25,9 @@ MIRRORED_CASES = [
 def save_cases(cases):
     """One case of the shared table per distinct optimizer state (class and slot set).
 
-    Save/resume tests run these: every optimizer class, and every option that
-    adds a slot or a weight (momentum, amsgrad, centered, l2 shrinkage).
+    Save/resume and XLA tests run these: every optimizer class, and every option
+    that adds a slot or a weight or changes the kernel (momentum, amsgrad,
+    centered, l2 shrinkage).
     """
     seen, out = set(), []
     for name, kwargs in cases:
