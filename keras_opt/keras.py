@@ -277,8 +277,11 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         """Creates ``iter``, the hyperparameter variables and the slots of ``variables``."""
         variables = list(variables)
         self._keras_opt_optimizer.build(variables)
-        known = {id(v) for v in self._built_variables}
-        self._built_variables.extend(v for v in variables if id(v) not in known)
+        known = {_variables.var_key(v) for v in self._built_variables}
+        for var in variables:
+            if _variables.var_key(var) not in known:
+                known.add(_variables.var_key(var))
+                self._built_variables.append(var)
         self.built = True
 
     @property
@@ -343,9 +346,18 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
                 f"`apply` received {len(grads)} gradients for {len(trainable_variables)} "
                 "variables; pass one gradient (or None) per variable."
             )
+        self._note_variables(trainable_variables)
+        return self._keras_opt_optimizer.apply_gradients(zip(grads, trainable_variables))
+
+    def _note_variables(self, trainable_variables) -> None:
+        """Builds on first use; later new variables join `variables` (their slots)."""
         if not self.built:
             self.build(trainable_variables)
-        return self._keras_opt_optimizer.apply_gradients(zip(grads, trainable_variables))
+            return
+        known = {_variables.var_key(v) for v in self._built_variables}
+        new = [v for v in trainable_variables if _variables.var_key(v) not in known]
+        if new:
+            self.build(new)
 
     def apply_gradients(self, grads_and_vars):
         pairs = list(grads_and_vars)
@@ -586,8 +598,7 @@ class LossScaleOptimizer(Optimizer, _KerasLossScaleOptimizer):
         if trainable_variables is None:
             trainable_variables = self._built_variables
         trainable_variables = list(trainable_variables)
-        if not self.built:
-            self.build(trainable_variables)
+        self._note_variables(trainable_variables)
         return self._keras_opt_optimizer.apply(grads, trainable_variables)
 
     def get_config(self) -> dict:

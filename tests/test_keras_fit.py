@@ -453,3 +453,16 @@ def test_main_job_fit_part_equals_the_custom_loop(capsys):
     )
     assert diffs == {"Adam": 0.0, "Ftrl": 0.0}
     assert "bit-for-bit for 2/2" in capsys.readouterr().out
+
+
+def test_variables_trained_after_build_join_the_saved_state():
+    model = common.build_model(keras)
+    adapter = kk.Adagrad(0.1)
+    dense_vars = model.trainable_variables[1:]
+    adapter.build(dense_vars)
+    before = len(adapter.variables)
+    grads = [tf.ones_like(v) for v in model.trainable_variables]
+    adapter.apply(grads, model.trainable_variables)
+    faces = adapter.variables
+    assert len(faces) == before + 1  # the embedding's accumulator
+    assert faces[-1].value is adapter.get_slot(model.trainable_variables[0], "accumulator")
