@@ -466,3 +466,23 @@ def test_variables_trained_after_build_join_the_saved_state():
     faces = adapter.variables
     assert len(faces) == before + 1  # the embedding's accumulator
     assert faces[-1].value is adapter.get_slot(model.trainable_variables[0], "accumulator")
+
+
+def test_tf_keras_legacy_checkpoint_restores_into_keras3_fit_optimizer(tmp_path):
+    """A tf_keras legacy optimizer's checkpoint (custom loop) restores into the adapter."""
+    import tf_keras
+
+    tf_model = common.build_model(tf_keras)
+    tf_opt = tf_keras.optimizers.legacy.Adam(0.1, amsgrad=True)
+    common.tape_loop(tf_model, tf_opt)
+    path = tf.train.Checkpoint(optimizer=tf_opt, weights=list(tf_model.trainable_variables)).write(
+        str(tmp_path / "ck")
+    )
+    model = common.build_model(keras, seed=5)
+    adapter = kk.Adam(0.1, amsgrad=True)
+    model.compile(optimizer=adapter, loss="mse")
+    adapter.build(model.trainable_variables)
+    tf.train.Checkpoint(optimizer=adapter, weights=list(model.trainable_variables)).read(
+        path
+    ).assert_consumed()
+    common.assert_same(common.state(model, adapter), common.state(tf_model, tf_opt))
