@@ -145,7 +145,10 @@ def test_import_keras_opt_imports_no_keras():
         "bad = [m for m in set(sys.modules) - before if m.split('.')[0] in "
         "('keras', 'tf_keras') or m in ('keras_opt.keras', 'keras_opt.tf_keras')]; "
         "bad += [m for m in ('tf_keras',) if m in sys.modules]; "
-        "print('imported:', bad); sys.exit(1 if bad else 0)"
+        "print('imported:', bad); sys.modules['tf_keras'] = None\n"
+        "try:\n    import keras_opt.tf_keras\n"
+        "except ImportError as e:\n    print('ImportError:', e)\n"
+        "sys.exit(1 if bad else 0)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],
@@ -156,6 +159,9 @@ def test_import_keras_opt_imports_no_keras():
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # Without tf_keras, keras_opt.tf_keras says what to install and what to use instead.
+    assert "ImportError: keras_opt.tf_keras needs tf_keras (`pip install tf_keras`" in result.stdout
+    assert "For Keras 3 models use keras_opt.keras" in result.stdout
 
 
 # ------------------------------------------------------------------- XLA
