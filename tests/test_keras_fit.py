@@ -492,3 +492,18 @@ def test_tf_keras_legacy_checkpoint_restores_into_keras3_fit_optimizer(tmp_path)
         path
     ).assert_consumed()
     common.assert_same(common.state(model, adapter), common.state(tf_model, tf_opt))
+
+
+def test_loss_scale_optimizer_saves_and_loads_its_scale(tmp_path):
+    model = common.build_model(keras)
+    adapter = kk.LossScaleOptimizer(keras_opt.Adam(0.01), initial_scale=64.0)
+    common.fit(model, adapter, jit_compile=False)
+    paths = [v.path for v in adapter.variables]
+    assert paths[-2:] == ["Adam/loss_scale", "Adam/good_steps"]
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "m.keras"))
+    assert type(loaded.optimizer) is kk.LossScaleOptimizer
+    assert loaded.optimizer.get_config() == adapter.get_config()
+    for got, want in zip(loaded.optimizer.variables, adapter.variables):
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
+    assert float(loaded.optimizer.loss_scale) == 64.0 and int(loaded.optimizer.iterations) == 4
