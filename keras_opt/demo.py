@@ -15,8 +15,13 @@ same batches in the same order. The job prints, per optimizer, the full-data
 loss after training for both, the largest absolute difference between the two
 sets of trained weights, and the median step time of each.
 
-Options: ``--steps N``, ``--optimizers adam,sgd,...`` and ``--no-compare``
-(keras_opt only; tf_keras is then never imported). When tf_keras is not
+Then the same model, as a Keras 3 ``keras.Model``, is trained with
+``model.fit`` through ``keras_opt.keras`` and compared with the custom loop
+(keras_opt/demo_fit.py).
+
+Options: ``--steps N``, ``--optimizers adam,sgd,...``, ``--no-fit`` (skip the
+``model.fit`` part) and ``--no-compare`` (keras_opt only; tf_keras is then
+never imported). When tf_keras is not
 installed the job says so and runs without the comparison.
 """
 
@@ -212,6 +217,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated optimizer names (default: all eight)",
     )
     parser.add_argument(
+        "--no-fit",
+        action="store_true",
+        help="skip the Keras 3 model.fit part (keras_opt.keras vs the custom loop)",
+    )
+    parser.add_argument(
         "--no-compare",
         action="store_true",
         help="train with keras_opt only; tf_keras is not imported",
@@ -328,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = ", ".join(f"{k}={v}" for k, v in OPTIMIZERS[name].items())
         print(f"  {name}({kwargs})")
     print()
+
+    if not args.no_fit:
+        from keras_opt import demo_fit
+
+        demo_fit.run(args.optimizers, OPTIMIZERS, init, batches, full, forward)
 
     if failed:
         print(f"warning: loss did not decrease for: {', '.join(failed)}")

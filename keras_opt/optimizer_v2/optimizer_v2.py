@@ -477,11 +477,12 @@ class OptimizerV2(
                 f"Updating a `Tensor` is not implemented. Received: var={var}."
             )
         kwargs = {}
+        constraint = variables_lib.constraint_of(var)
         if isinstance(grad, tf.IndexedSlices):
-            if var.constraint is not None:
+            if constraint is not None:
                 raise RuntimeError(
                     f"Cannot use a constraint function on a sparse variable: variable "
-                    f"{var.name} has constraint {var.constraint} and received IndexedSlices."
+                    f"{var.name} has constraint {constraint} and received IndexedSlices."
                 )
             if "apply_state" in self._sparse_apply_args:
                 kwargs["apply_state"] = apply_state
@@ -491,10 +492,10 @@ class OptimizerV2(
         if "apply_state" in self._dense_apply_args:
             kwargs["apply_state"] = apply_state
         update_op = self._resource_apply_dense(grad, var, **kwargs)
-        if var.constraint is None:
+        if constraint is None:
             return update_op
         with tf.control_dependencies([update_op]):
-            return var.assign(var.constraint(var))
+            return var.assign(constraint(var))
 
     @functools.cached_property
     def _dense_apply_args(self) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import weakref
 from typing import Any, Callable
 
 import numpy as np
@@ -29,8 +30,39 @@ def unwrap_variable(var: Any) -> Any:
         return var
     inner = getattr(var, "_value", None)
     if isinstance(inner, tf.Variable):
+        _remember_wrapper(inner, var)
         return inner
     return var
+
+
+def _remember_wrapper(inner: Any, wrapper: Any) -> None:
+    """Links ``inner`` (and its replicas) back to its Keras 3 wrapper.
+
+    Keras 3 keeps a variable's ``constraint`` on the wrapper, not on the
+    ``tf.Variable`` that the kernels update; `constraint_of` finds it through
+    this (weak) link, also for the replica-local variable of a distributed one.
+    """
+    if not hasattr(wrapper, "constraint"):
+        return
+    ref = getattr(inner, "_keras_opt_wrapper", None)
+    if ref is not None and ref() is wrapper:
+        return
+    ref = weakref.ref(wrapper)
+    for v in (inner, *getattr(inner, "values", ())):
+        try:
+            v._keras_opt_wrapper = ref
+        except AttributeError:  # objects with __slots__
+            pass
+
+
+def constraint_of(var: Any) -> Any:
+    """The constraint of ``var``: its own, else its Keras 3 wrapper's (or None)."""
+    constraint = getattr(var, "constraint", None)
+    if constraint is not None:
+        return constraint
+    ref = getattr(var, "_keras_opt_wrapper", None)
+    wrapper = ref() if ref is not None else None
+    return getattr(wrapper, "constraint", None)
 
 
 def is_variable(var: Any) -> bool:
