@@ -23,7 +23,27 @@ import dist_utils
 import keras_fit_common as common
 import keras_opt
 import keras_opt.keras as kk
-from cases import CASES, case_id
+from cases import CASES, MODERN_CASES, case_id
+
+# The Keras 3 base features through the adapter: every stage at once, on a classic
+# optimizer (sparse Embedding gradients too) and on a modern one.
+FEATURE_CASES = [
+    (
+        "Adam",
+        dict(
+            learning_rate=0.1,
+            weight_decay=0.01,
+            use_ema=True,
+            ema_momentum=0.9,
+            ema_overwrite_frequency=3,
+            gradient_accumulation_steps=2,
+            loss_scale_factor=4.0,
+            global_clipnorm=1.0,
+        ),
+    ),
+    ("Lion", dict(learning_rate=0.01, weight_decay=0.01, gradient_accumulation_steps=2)),
+]
+ALL_CASES = CASES + MODERN_CASES + FEATURE_CASES
 
 def _make(case):
     name, kwargs = case
@@ -34,7 +54,7 @@ def _make(case):
 def _loop_state(case_index: int, epochs: int = 1) -> dict:
     """State after the custom tape loop (the oracle), computed once per case."""
     ref_model = common.build_model(keras)
-    ref_opt = _make(CASES[case_index])
+    ref_opt = _make(ALL_CASES[case_index])
     common.tape_loop(ref_model, ref_opt, epochs=epochs)
     return common.state(ref_model, ref_opt)
 
@@ -49,7 +69,7 @@ def _fit_and_loop(case, steps_per_execution=1, epochs=1, jit_compile=False):
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
-    return common.state(model, adapter), _loop_state(CASES.index(case), epochs)
+    return common.state(model, adapter), _loop_state(ALL_CASES.index(case), epochs)
 
 
 # ---------------------------------------------------------------- fit parity
@@ -58,6 +78,22 @@ def test_fit_equals_tape_loop(case):
     got, want = _fit_and_loop(case)
     common.assert_same(got, want)
     assert got["iter"] == common.N // common.BATCH
+
+
+@pytest.mark.parametrize("case", MODERN_CASES + FEATURE_CASES, ids=case_id)
+def test_fit_of_modern_optimizers_and_base_features_equals_tape_loop(case):
+    """Keras 3 fit runs the no-merge-call path (accumulation's averaging among others)."""
+    got, want = _fit_and_loop(case)
+    common.assert_same(got, want)
+    steps = common.N // common.BATCH
+    assert got["iter"] == steps // case[1].get("gradient_accumulation_steps", 1)
+
+
+@pytest.mark.parametrize("case", MODERN_CASES[::2] + FEATURE_CASES[:1], ids=case_id)
+def test_jit_compile_fit_trains_modern_optimizers_and_base_features(case):
+    got, want = _fit_and_loop(case, jit_compile=True)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[13]], ids=case_id)

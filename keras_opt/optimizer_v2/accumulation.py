@@ -22,7 +22,9 @@ every micro-step (as without accumulation) and the slots hold the same sum on
 every replica, so a checkpoint taken mid-group resumes exactly; the choice
 between accumulating and applying is one ``tf.cond`` in cross-replica
 context, where no ``merge_call`` can be crossed, and the averaging and
-clipping of the applied step run per replica with ``call_for_each_replica``.
+clipping of the applied step run per replica with ``call_for_each_replica``
+(on the no-merge-call path, e.g. in Keras 3's ``fit``, the stage already runs
+per replica and averages directly).
 
 Sparse gradients (``tf.IndexedSlices``) are added into the dense slot with
 ``ResourceScatterAdd``: an accumulating micro-step costs O(rows in the
@@ -124,9 +126,12 @@ def apply_or_accumulate(
         return ops
 
     def apply_step():
-        averaged = distribution.extended.call_for_each_replica(
-            lambda pairs: _average(opt, pairs), args=(grads_and_vars,)
-        )
+        if tf.distribute.in_cross_replica_context():
+            averaged = distribution.extended.call_for_each_replica(
+                lambda pairs: _average(opt, pairs), args=(grads_and_vars,)
+            )
+        else:  # the no-merge-call path (Keras 3's fit, all-GPU MirroredStrategy)
+            averaged = _average(opt, grads_and_vars)
         updates = tf.nest.flatten(update_all(averaged))
         with tf.control_dependencies(updates):
             resets = per_variable(lambda var, grad: _reset_one(opt, var), grads_and_vars)
