@@ -96,8 +96,18 @@ del _name, _cls
 from tf_keras.src.mixed_precision import loss_scale_optimizer as _tfk_lso  # noqa: E402
 
 
+class _LossScaleOptimizerMetaclass(
+    type(_ko.LossScaleOptimizer), type(_tfk_lso.BaseLossScaleOptimizer)
+):
+    """Both frameworks' loss-scale metaclasses (each only redirects its own base's calls)."""
+
+
 class LossScaleOptimizer(
-    _TfKerasMixin, _ko.LossScaleOptimizer, _LegacyOptimizer, _tfk_lso.BaseLossScaleOptimizer
+    _TfKerasMixin,
+    _ko.LossScaleOptimizer,
+    _LegacyOptimizer,
+    _tfk_lso.BaseLossScaleOptimizer,
+    metaclass=_LossScaleOptimizerMetaclass,
 ):
     """keras_opt.LossScaleOptimizer as a tf_keras legacy loss-scale optimizer.
 

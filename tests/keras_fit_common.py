@@ -132,6 +132,8 @@ def state(model, optimizer) -> dict:
     from cases import has_slot
 
     inner = getattr(optimizer, "keras_opt_optimizer", optimizer)
+    while getattr(inner, "inner_optimizer", None) is not None:  # loss-scale wrappers
+        inner = getattr(inner.inner_optimizer, "keras_opt_optimizer", inner.inner_optimizer)
     out = {"iter": np.asarray(optimizer.iterations.numpy())}
     for i, var in enumerate(model.trainable_variables):
         out[f"var{i}"] = np.asarray(var.numpy())

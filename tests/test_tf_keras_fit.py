@@ -17,7 +17,7 @@ import dist_utils
 import keras_fit_common as common
 import keras_opt
 import keras_opt.tf_keras as tk
-from cases import CASES, case_id
+from cases import CASES, MODERN_CASES, case_id
 
 legacy = tf_keras.optimizers.legacy
 
@@ -41,6 +41,22 @@ def _fit_both(case, epochs=1, sparse=True, **fit_kw):
 def test_fit_equals_tf_keras_legacy(case):
     got, want = _fit_both(case)
     common.assert_same(got, want)
+
+
+@pytest.mark.parametrize(
+    "case",
+    MODERN_CASES + [("Adagrad", dict(learning_rate=0.1, weight_decay=0.01, use_ema=True,
+                                     gradient_accumulation_steps=2))],
+    ids=case_id,
+)  # fmt: skip
+def test_fit_of_modern_optimizers_and_base_features_equals_tape_loop(case):
+    """No tf_keras twin: the oracle is a tf_keras tape loop with the same keras_opt optimizer."""
+    name, kwargs = case
+    model = common.build_model(tf_keras)
+    common.fit(model, getattr(tk, name)(**kwargs))
+    ref_model, ref_opt = common.build_model(tf_keras), getattr(keras_opt, name)(**kwargs)
+    common.tape_loop(ref_model, ref_opt)
+    common.assert_same(common.state(model, model.optimizer), common.state(ref_model, ref_opt))
 
 
 def test_classes_are_keras_opt_and_tf_keras_legacy_optimizers():
