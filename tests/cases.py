@@ -120,8 +120,14 @@ def optimizer_state(opt, variables, by_position=False) -> dict:
 
 
 def has_slot(opt, var, slot: str) -> bool:
+    """Whether ``opt`` (or the keras_opt optimizer inside a wrapper) has this slot for ``var``."""
     from keras_opt.optimizer_v2.variables import var_key
 
+    while True:  # Keras adapters and loss-scale wrappers hold the optimizer with the slots
+        opt = getattr(opt, "keras_opt_optimizer", opt)
+        if getattr(opt, "inner_optimizer", None) is None:
+            break
+        opt = opt.inner_optimizer
     return slot in opt._slots.get(var_key(var), {})
 
 

@@ -131,24 +131,20 @@ def state(model, optimizer) -> dict:
     """Model weights, ``iter`` and every slot, by position (library-independent keys)."""
     from cases import has_slot
 
-    inner = getattr(optimizer, "keras_opt_optimizer", optimizer)
-    while getattr(inner, "inner_optimizer", None) is not None:  # loss-scale wrappers
-        inner = getattr(inner.inner_optimizer, "keras_opt_optimizer", inner.inner_optimizer)
     out = {"iter": np.asarray(optimizer.iterations.numpy())}
     for i, var in enumerate(model.trainable_variables):
         out[f"var{i}"] = np.asarray(var.numpy())
         for slot in optimizer.get_slot_names():
             # Muon and Adafactor give each variable only the slots its rule uses.
-            if isinstance(inner, keras_opt_base()) and not has_slot(inner, var, slot):
+            if keras_opt_slots(optimizer) and not has_slot(optimizer, var, slot):
                 continue
             out[f"var{i}/{slot}"] = optimizer.get_slot(var, slot).numpy()
     return out
 
 
-def keras_opt_base():
-    import keras_opt
-
-    return keras_opt.Optimizer
+def keras_opt_slots(optimizer) -> bool:
+    """Whether the slots are a keras_opt optimizer's (not a tf_keras legacy oracle's)."""
+    return "keras_opt" in type(optimizer).__module__
 
 
 def assert_same(got: dict, want: dict) -> None:
