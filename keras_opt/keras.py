@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import tensorflow as tf
 
 import keras_opt as _ko
+from keras_opt import serialization as _serialization
 from keras_opt.optimizer_v2 import hyperparameters as _hyperparameters
 from keras_opt.optimizer_v2 import optimizer_v2 as _optimizer_v2
 from keras_opt.optimizer_v2 import variables as _variables
@@ -449,21 +450,6 @@ def _custom_objects(config: dict, custom_objects: dict | None) -> dict:
     return objects
 
 
-def _optimizer_classes() -> dict[str, type]:
-    """keras_opt's public optimizer classes by name (LossScaleOptimizer apart)."""
-    out = {}
-    for name in dir(_ko):
-        value = getattr(_ko, name)
-        if (
-            isinstance(value, type)
-            and issubclass(value, _optimizer_v2.OptimizerV2)
-            and value is not _optimizer_v2.OptimizerV2
-            and not issubclass(value, _ko.LossScaleOptimizer)
-            and value.__name__ == name
-        ):
-            out[name] = value
-    return out
-
 
 def _make_adapter_class(name: str, inner_cls: type) -> type:
     def __init__(self, *args, **kwargs):
@@ -487,7 +473,7 @@ def _make_adapter_class(name: str, inner_cls: type) -> type:
 
 
 _ADAPTERS: dict[type, type] = {}
-for _name, _cls in _optimizer_classes().items():
+for _name, _cls in _serialization.optimizer_classes().items():
     globals()[_name] = _ADAPTERS[_cls] = _make_adapter_class(_name, _cls)
 del _name, _cls
 Wrapped = keras.saving.register_keras_serializable(package=PACKAGE, name="Wrapped")(Wrapped)

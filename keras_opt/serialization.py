@@ -20,6 +20,28 @@ _FOREIGN_KEYS = ("is_legacy_optimizer",)
 _LOSS_SCALE_NAMES = ("lossscaleoptimizer", "lossscaleoptimizerv1")
 
 
+def optimizer_classes() -> dict[str, type]:
+    """keras_opt's public optimizer classes by name (the loss-scale wrapper apart).
+
+    The Keras adapter modules (`keras_opt.keras`, `keras_opt.tf_keras`) make one
+    class per entry.
+    """
+    import keras_opt
+
+    out = {}
+    for name in dir(keras_opt):
+        value = getattr(keras_opt, name)
+        if (
+            isinstance(value, type)
+            and issubclass(value, _opt.OptimizerV2)
+            and value is not _opt.OptimizerV2
+            and not issubclass(value, keras_opt.LossScaleOptimizer)
+            and value.__name__ == name
+        ):
+            out[name] = value
+    return out
+
+
 def _loss_scale_class(name: Any):
     """keras_opt's LossScaleOptimizer for its names; imported late (it imports this module)."""
     if str(name).lower() not in _LOSS_SCALE_NAMES:

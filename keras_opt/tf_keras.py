@@ -33,6 +33,7 @@ def _import_tf_keras():
 tf_keras = _import_tf_keras()
 
 import keras_opt as _ko  # noqa: E402
+from keras_opt import serialization as _serialization  # noqa: E402
 from keras_opt.optimizer_v2 import optimizer_v2 as _optimizer_v2  # noqa: E402
 
 _LegacyOptimizer = tf_keras.optimizers.legacy.Optimizer
@@ -58,20 +59,6 @@ class _TfKerasMixin:
         )
 
 
-def _optimizer_classes() -> dict[str, type]:
-    out = {}
-    for name in dir(_ko):
-        value = getattr(_ko, name)
-        if (
-            isinstance(value, type)
-            and issubclass(value, _optimizer_v2.OptimizerV2)
-            and value is not _optimizer_v2.OptimizerV2
-            and not issubclass(value, _ko.LossScaleOptimizer)
-            and value.__name__ == name
-        ):
-            out[name] = value
-    return out
-
 
 def _make_class(name: str, base: type) -> type:
     cls = type(
@@ -88,7 +75,7 @@ def _make_class(name: str, base: type) -> type:
 
 
 _CLASSES: dict[type, type] = {}
-for _name, _cls in _optimizer_classes().items():
+for _name, _cls in _serialization.optimizer_classes().items():
     globals()[_name] = _CLASSES[_cls] = _make_class(_name, _cls)
 del _name, _cls
 
