@@ -4,7 +4,9 @@ from setuptools import find_packages, setup
 
 # tf_keras releases track TensorFlow's minor version (tf_keras 2.X pairs with tensorflow 2.X).
 COMPARE_REQUIRES = ["tf_keras>=2.16"]
-TEST_REQUIRES = ["pytest>=7"] + COMPARE_REQUIRES
+# tensorboard: keras.callbacks.TensorBoard needs it to write event files; the test that
+# the learning rate reaches TensorBoard's log reads those files back.
+TEST_REQUIRES = ["pytest>=7", "tensorboard"] + COMPARE_REQUIRES
 
 setup(
     name="keras_opt",
