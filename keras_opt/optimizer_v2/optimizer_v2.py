@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_opt.kernels import dispatch as fused_dispatch
 from keras_opt.optimizer_v2 import checkpointing, hyperparameters, slots
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import variables as variables_lib
@@ -47,7 +48,7 @@ from keras_opt.optimizer_v2 import variables as variables_lib
 _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
 )
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm", "fused_kernels")
 _NAME_COUNTS: dict[str, itertools.count] = {}
 
 deduplicate_indexed_slices = gradients_lib.deduplicate_indexed_slices
@@ -162,6 +163,8 @@ class OptimizerV2(
                 f"`clipnorm`={self.clipnorm}, `global_clipnorm`={self.global_clipnorm}."
             )
         self.clipvalue = kwargs.pop("clipvalue", None)
+        # False: never use keras_opt.kernels' fused multi-variable ops.
+        self.fused_kernels = bool(kwargs.pop("fused_kernels", True))
 
     def __deepcopy__(self, memo):
         result = type(self).__new__(type(self))
@@ -377,8 +380,11 @@ class OptimizerV2(
         """Applies each gradient under ``distribution.extended.update``."""
         eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
         apply_one = functools.partial(self._apply_one, apply_state=apply_state)
-        update_ops = []
         with _name_scope_in_graph(name or self._name):
+            # Dense pairs the fused kernels cover: one op per (device, dtype).
+            update_ops, grads_and_vars = fused_dispatch.apply_fused(
+                self, distribution, grads_and_vars, apply_state
+            )
             for grad, var in grads_and_vars:
                 with distribution.extended.colocate_vars_with(var):
                     scope = "update" if eager_outside else "update_" + var.op.name
