@@ -240,7 +240,8 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     sparse_items = []
     remaining, fused_names, reasons = [], [], []
     for grad, var in grads_and_vars:
-        sparse = isinstance(grad, tf.IndexedSlices)
+        # Under MirroredStrategy the aggregated gradient wraps one per replica.
+        sparse = isinstance(distribution.experimental_local_results(grad)[0], tf.IndexedSlices)
         if sparse and not rule.sparse_adam:
             remaining.append((grad, var))
             reasons.append("sparse gradient")
