@@ -23,6 +23,7 @@ log line, and the reason in `last_paths`) when:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 
 import tensorflow as tf
@@ -261,7 +262,7 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     update_ops = []
     use_locking = bool(getattr(opt, "_use_locking", False))
     for (device, dtype), items in groups.items():
-        with tf.device(device):
+        with tf.device(device), _name_scope_in_graph("update_fused"):
             coef = opt._coefficients(items[0][1], apply_state)
             coefs = rule.coefs(coef)
             slots = [s[j].handle for j in range(len(rule.slots)) for _, _, s in items]
@@ -275,8 +276,11 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
             )
             if op is not None:
                 update_ops.append(op)
+    eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
     for device, dtype, grad, var, slots in sparse_items:
-        with tf.device(device):
+        # The name scope of the per-variable path (graph users look ops up by it).
+        scope = "update" if eager_outside else "update_" + var.op.name
+        with tf.device(device), _name_scope_in_graph(scope):
             coef = opt._coefficients(var, apply_state)
             values, indices = _dedup(grad)
             # The same TF ops as Adam's composite sparse path, so that graph
@@ -302,6 +306,12 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     _record(opt, fused_names, [_var_name(v) for _, v in remaining],
             "; ".join(sorted(set(reasons))) or None)
     return update_ops, remaining
+
+
+def _name_scope_in_graph(name):
+    if tf.executing_eagerly():
+        return contextlib.nullcontext()
+    return tf.name_scope(name)
 
 
 def _dedup(grad):
