@@ -193,7 +193,8 @@ def load():
 
                 path = library_path()
                 module = tf.load_op_library(path)
-                for op in ("keras_opt_fused_apply", "keras_opt_fused_sparse_apply_adam"):
+                for op in ("keras_opt_fused_apply", "keras_opt_fused_sparse_apply_adam",
+                           "keras_opt_fused_sparse_apply_rms_prop"):
                     if not hasattr(module, op):
                         raise BuildError(f"{path} has no op {op}")
             except Exception as exc:  # noqa: BLE001 - any failure means: fall back

@@ -40,7 +40,8 @@ ADAM, ADAM_AMSGRAD, MOMENTUM, NESTEROV, ADAGRAD_V2 = 0, 1, 2, 3, 4
 RMSPROP, RMSPROP_CENTERED, RMSPROP_PLAIN, RMSPROP_PLAIN_CENTERED = 5, 6, 7, 8
 FTRL, FTRL_V2, SGD = 9, 10, 11
 
-Rule = collections.namedtuple("Rule", ["code", "slots", "coefs", "sparse_adam"])
+# sparse: None, "adam" or "rms" (the one-pass exact IndexedSlices update, if any).
+Rule = collections.namedtuple("Rule", ["code", "slots", "coefs", "sparse"])
 
 
 def _same(cls_attr, base, name) -> bool:
@@ -64,9 +65,9 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
         if not opt._fused:
             return None, "NonFusedAdam"
         slots = ("m", "v", "vhat") if opt.amsgrad else ("m", "v")
-        sparse_ok = _not_overridden(
+        sparse_ok = "adam" if _not_overridden(
             opt, adam.Adam, ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices")
-        )
+        ) else None
         return Rule(
             ADAM_AMSGRAD if opt.amsgrad else ADAM,
             slots,
@@ -78,14 +79,14 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
         opt, gradient_descent.SGD, ("_resource_apply_dense", "_prepare_local")
     ):
         if not opt._momentum:
-            return Rule(SGD, (), lambda c: [c["lr_t"]], False), None
+            return Rule(SGD, (), lambda c: [c["lr_t"]], None), None
         return Rule(NESTEROV if opt.nesterov else MOMENTUM, ("momentum",),
-                    lambda c: [c["lr_t"], c["momentum"]], False), None
+                    lambda c: [c["lr_t"], c["momentum"]], None), None
     if isinstance(opt, adagrad.Adagrad) and _not_overridden(
         opt, adagrad.Adagrad, ("_resource_apply_dense", "_prepare_local")
     ):
         return Rule(ADAGRAD_V2, ("accumulator",), lambda c: [c["lr_t"], c["epsilon"]],
-                    False), None
+                    None), None
     if isinstance(opt, rmsprop.RMSprop) and _not_overridden(
         opt, rmsprop.RMSprop, ("_resource_apply_dense", "_prepare_local")
     ):
@@ -94,13 +95,17 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
                 RMSPROP_CENTERED if opt.centered else RMSPROP,
                 ("rms", "momentum", "mg") if opt.centered else ("rms", "momentum"),
                 lambda c: [c["lr_t"], c["rho"], c["momentum"], c["epsilon"]],
-                False,
+                None,
             ), None
+        sparse_ok = _not_overridden(
+            opt, rmsprop.RMSprop,
+            ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices"),
+        )
         return Rule(
             RMSPROP_PLAIN_CENTERED if opt.centered else RMSPROP_PLAIN,
             ("rms", "mg") if opt.centered else ("rms",),
             lambda c: [c["lr_t"], c["rho"], c["one_minus_rho"], c["epsilon"]],
-            False,
+            "rms" if sparse_ok else None,
         ), None
     if isinstance(opt, ftrl.Ftrl) and _not_overridden(
         opt, ftrl.Ftrl, ("_resource_apply_dense", "_prepare_local", "_kernel_args")
@@ -121,7 +126,7 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
             return out
 
         return Rule(FTRL_V2 if shrink else FTRL, ("accumulator", "linear"), ftrl_coefs,
-                    False), None
+                    None), None
     return None, f"no fused kernel for {type(opt).__name__}"
 
 
@@ -243,7 +248,7 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     for grad, var in grads_and_vars:
         # Under MirroredStrategy the aggregated gradient wraps one per replica.
         sparse = isinstance(distribution.experimental_local_results(grad)[0], tf.IndexedSlices)
-        if sparse and not rule.sparse_adam:
+        if sparse and not rule.sparse:
             remaining.append((grad, var))
             reasons.append("sparse gradient")
             continue
@@ -283,29 +288,54 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
         with tf.device(device), _name_scope_in_graph(scope):
             coef = opt._coefficients(var, apply_state)
             values, indices = _dedup(grad)
-            # The same TF ops as Adam's composite sparse path, so that graph
-            # rewrites (Grappler) give these rows the same bits there and here.
-            m_scaled = values * coef["one_minus_beta_1_t"]
-            v_scaled = values * values * coef["one_minus_beta_2_t"]
-            op = module.keras_opt_fused_sparse_apply_adam(
-                var=var.handle,
-                m=slots[0].handle,
-                v=slots[1].handle,
-                vhat=[s.handle for s in slots[2:]],
-                m_scaled=m_scaled,
-                v_scaled=v_scaled,
-                indices=indices,
-                beta1=coef["beta_1_t"],
-                beta2=coef["beta_2_t"],
-                lr=coef["lr"],
-                epsilon=coef["epsilon"],
-                use_locking=use_locking,
-            )
+            if rule.sparse == "adam":
+                op = _sparse_adam(module, coef, var, slots, values, indices, use_locking)
+            else:
+                op = _sparse_rms(module, coef, var, slots, values, indices, use_locking)
             if op is not None:
                 update_ops.append(op)
     _record(opt, fused_names, [_var_name(v) for _, v in remaining],
             "; ".join(sorted(set(reasons))) or None)
     return update_ops, remaining
+
+
+def _sparse_adam(module, coef, var, slots, values, indices, use_locking):
+    # The same TF ops as Adam's composite sparse path, so that graph rewrites
+    # (Grappler) give these rows the same bits there and here.
+    m_scaled = values * coef["one_minus_beta_1_t"]
+    v_scaled = values * values * coef["one_minus_beta_2_t"]
+    return module.keras_opt_fused_sparse_apply_adam(
+        var=var.handle,
+        m=slots[0].handle,
+        v=slots[1].handle,
+        vhat=[s.handle for s in slots[2:]],
+        m_scaled=m_scaled,
+        v_scaled=v_scaled,
+        indices=indices,
+        beta1=coef["beta_1_t"],
+        beta2=coef["beta_2_t"],
+        lr=coef["lr"],
+        epsilon=coef["epsilon"],
+        use_locking=use_locking,
+    )
+
+
+def _sparse_rms(module, coef, var, slots, values, indices, use_locking):
+    # RMSprop without momentum: the row terms by the composite path's TF ops.
+    ms_add = values * values * coef["one_minus_rho"]
+    mg_add = [values * coef["one_minus_rho"]] if len(slots) > 1 else []
+    return module.keras_opt_fused_sparse_apply_rms_prop(
+        var=var.handle,
+        ms=slots[0].handle,
+        mg=[s.handle for s in slots[1:]],
+        ms_add=ms_add,
+        mg_add=mg_add,
+        num=coef["neg_lr_t"] * values,
+        indices=indices,
+        rho=coef["rho"],
+        epsilon=coef["epsilon"],
+        use_locking=use_locking,
+    )
 
 
 def _name_scope_in_graph(name):

@@ -377,7 +377,69 @@ void sparse_adam_t(void* w, void* m, void* v, void* vh, const void* g, const voi
   }
 }
 
+template <typename T, bool CENTERED>
+void sparse_rms(T* __restrict__ w, T* __restrict__ ms, T* __restrict__ mg,
+                const T* __restrict__ msa, const T* __restrict__ mga, const T* __restrict__ num,
+                const int64_t* pos, int64_t row_size, const T* c, int64_t r0, int64_t r1) {
+  // Composite ops: ms = ms * rho; ms[idx] += g * g * (1 - rho); [mg likewise
+  // with g * (1 - rho)]; var[idx] += (-lr * g) / (sqrt(ms[idx] [- mg[idx]^2]) + eps).
+  const T rho = c[0], eps = c[1];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = r * row_size;
+    const int64_t p = pos[r];
+    if (p >= 0) {
+      const int64_t q = p * row_size;
+      for (int64_t j = 0; j < row_size; ++j) {
+        const int64_t i = base + j;
+        const T s = add(mul(ms[i], rho), msa[q + j]);
+        ms[i] = s;
+        T d = s;
+        if (CENTERED) {
+          const T a = add(mul(mg[i], rho), mga[q + j]);
+          mg[i] = a;
+          d = sub(s, mul(a, a));
+        }
+        w[i] = add(w[i], dvd(num[q + j], add(sqr(d), eps)));
+      }
+    } else {
+      for (int64_t j = 0; j < row_size; ++j) {
+        const int64_t i = base + j;
+        ms[i] = mul(ms[i], rho);
+        if (CENTERED) mg[i] = mul(mg[i], rho);
+      }
+    }
+  }
+}
+
+template <typename T>
+void sparse_rms_t(void* w, void* ms, void* mg, const void* msa, const void* mga, const void* num,
+                  const int64_t* pos, int64_t row_size, const void* c, int64_t r0, int64_t r1) {
+  if (mg) {
+    sparse_rms<T, true>(static_cast<T*>(w), static_cast<T*>(ms), static_cast<T*>(mg),
+                        static_cast<const T*>(msa), static_cast<const T*>(mga),
+                        static_cast<const T*>(num), pos, row_size, static_cast<const T*>(c), r0,
+                        r1);
+  } else {
+    sparse_rms<T, false>(static_cast<T*>(w), static_cast<T*>(ms), nullptr,
+                         static_cast<const T*>(msa), nullptr, static_cast<const T*>(num), pos,
+                         row_size, static_cast<const T*>(c), r0, r1);
+  }
+}
+
 }  // namespace
+
+extern "C" void KO_CAT(ko_sparse_rms, KO_ISA)(int dtype, void* w, void* ms, void* mg,
+                                              const void* msa, const void* mga, const void* num,
+                                              const int64_t* pos, int64_t row_size,
+                                              const void* c, int64_t r0, int64_t r1) {
+  switch (dtype) {
+    case KO_F16: sparse_rms_t<H>(w, ms, mg, msa, mga, num, pos, row_size, c, r0, r1); break;
+    case KO_BF16: sparse_rms_t<B>(w, ms, mg, msa, mga, num, pos, row_size, c, r0, r1); break;
+    case KO_F32: sparse_rms_t<float>(w, ms, mg, msa, mga, num, pos, row_size, c, r0, r1); break;
+    case KO_F64: sparse_rms_t<double>(w, ms, mg, msa, mga, num, pos, row_size, c, r0, r1); break;
+    default: break;
+  }
+}
 
 extern "C" void KO_CAT(ko_dense, KO_ISA)(int rule, int dtype, const KoTensor* ts,
                                          const int64_t* starts, int64_t n, const void* coefs,

@@ -51,6 +51,21 @@ typedef void (*KoSparseAdamFn)(int dtype, void* var, void* m, void* v, void* vha
                                int64_t row_size,
                                const void* coefs, int64_t row_begin, int64_t row_end);
 
+// Exact sparse RMSprop without momentum over rows [row_begin, row_end): every
+// row of ms (and mg) is decayed by rho; rows with pos[row] >= 0 add row pos of
+// ms_add (mg_add) and update var: var += num / (sqrt(ms [- mg^2]) + eps).
+// coefs: rho, eps. mg and mg_add are null unless centered.
+typedef void (*KoSparseRmsFn)(int dtype, void* var, void* ms, void* mg, const void* ms_add,
+                              const void* mg_add, const void* num, const int64_t* pos,
+                              int64_t row_size, const void* coefs, int64_t row_begin,
+                              int64_t row_end);
+
+void ko_sparse_rms_sse2(int, void*, void*, void*, const void*, const void*, const void*,
+                        const int64_t*, int64_t, const void*, int64_t, int64_t);
+void ko_sparse_rms_avx2(int, void*, void*, void*, const void*, const void*, const void*,
+                        const int64_t*, int64_t, const void*, int64_t, int64_t);
+void ko_sparse_rms_avx512(int, void*, void*, void*, const void*, const void*, const void*,
+                          const int64_t*, int64_t, const void*, int64_t, int64_t);
 void ko_dense_sse2(int, int, const KoTensor*, const int64_t*, int64_t, const void*,
                    int64_t, int64_t);
 void ko_dense_avx2(int, int, const KoTensor*, const int64_t*, int64_t, const void*,

@@ -62,6 +62,23 @@ REGISTER_OP("KerasOptFusedSparseApplyAdam")
     .SetIsStateful()
     .SetShapeFn(shape_inference::NoOutputs);
 
+REGISTER_OP("KerasOptFusedSparseApplyRMSProp")
+    .Input("var: resource")
+    .Input("ms: resource")
+    .Input("mg: A * resource")
+    .Input("ms_add: T")
+    .Input("mg_add: A * T")
+    .Input("num: T")
+    .Input("indices: Tindices")
+    .Input("rho: T")
+    .Input("epsilon: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("A: int >= 0")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
 REGISTER_OP("KerasOptFusedIsa")
     .Output("isa: string")
     .SetShapeFn(shape_inference::ScalarShape);
@@ -70,6 +87,7 @@ struct Isa {
   const char* name;
   KoDenseFn dense;
   KoSparseAdamFn sparse_adam;
+  KoSparseRmsFn sparse_rms;
 };
 
 // Picked once at load time from the CPU (KERAS_OPT_FUSED_ISA may lower it).
@@ -80,9 +98,9 @@ const Isa& PickIsa() {
     const std::string want = env ? env : "";
     const bool avx512 = __builtin_cpu_supports("avx512f") && want != "avx2" && want != "sse2";
     const bool avx2 = __builtin_cpu_supports("avx2") && want != "sse2";
-    if (avx512) return Isa{"avx512", ko_dense_avx512, ko_sparse_adam_avx512};
-    if (avx2) return Isa{"avx2", ko_dense_avx2, ko_sparse_adam_avx2};
-    return Isa{"sse2", ko_dense_sse2, ko_sparse_adam_sse2};
+    if (avx512) return Isa{"avx512", ko_dense_avx512, ko_sparse_adam_avx512, ko_sparse_rms_avx512};
+    if (avx2) return Isa{"avx2", ko_dense_avx2, ko_sparse_adam_avx2, ko_sparse_rms_avx2};
+    return Isa{"sse2", ko_dense_sse2, ko_sparse_adam_sse2, ko_sparse_rms_sse2};
   }();
   return isa;
 }
@@ -355,6 +373,94 @@ class FusedSparseApplyAdamOp : public OpKernel {
   int a_;
 };
 
+// pos[row] = position of row in `indices` (or -1); rejects out-of-range and repeated rows.
+template <typename Index>
+absl::Status RowPositions(const Tensor& indices, int64_t rows, std::vector<int64_t>* pos) {
+  if (!TensorShapeUtils::IsVector(indices.shape())) {
+    return absl::InvalidArgumentError("indices must be one-dimensional");
+  }
+  pos->assign(rows, -1);
+  const auto idx = indices.flat<Index>();
+  for (int64_t i = 0; i < idx.size(); ++i) {
+    const int64_t r = static_cast<int64_t>(idx(i));
+    if (r < 0 || r >= rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("indices[", i, "] = ", r, " is not in [0, ", rows, ")"));
+    }
+    if ((*pos)[r] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("indices must be unique; ", r, " is repeated"));
+    }
+    (*pos)[r] = i;
+  }
+  return absl::OkStatus();
+}
+
+template <typename T, typename Index>
+class FusedSparseApplyRmsOp : public OpKernel {
+ public:
+  explicit FusedSparseApplyRmsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("A", &a_));
+    OP_REQUIRES(ctx, a_ <= 1, absl::InvalidArgumentError("mg takes 0 or 1 variables"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int nv = 2 + a_;
+    const Tensor& ms_add = ctx->input(nv);
+    const Tensor* mg_add = a_ ? &ctx->input(nv + 1) : nullptr;
+    const Tensor& num = ctx->input(nv + 1 + a_);
+    const Tensor& indices = ctx->input(nv + 2 + a_);
+    T coefs[2];
+    for (int i = 0; i < 2; ++i) {
+      const Tensor& c = ctx->input(nv + 3 + a_ + i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
+      coefs[i] = c.scalar<T>()();
+    }
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    Tensor* var = locked.tensor(0);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVectorOrHigher(var->shape()),
+                absl::InvalidArgumentError("var must be at least 1 dimensional"));
+    for (int j = 1; j < nv; ++j) {
+      OP_REQUIRES(ctx, var->shape().IsSameSize(locked.tensor(j)->shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "var and slot do not have the same shape: ", var->shape().DebugString(),
+                      " ", locked.tensor(j)->shape().DebugString())));
+    }
+    const int64_t rows = var->dim_size(0);
+    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
+                absl::InvalidArgumentError("indices must be one-dimensional"));
+    TensorShape want = var->shape();
+    want.set_dim(0, indices.dim_size(0));
+    OP_REQUIRES(ctx, ms_add.shape().IsSameSize(want) && num.shape().IsSameSize(want) &&
+                         (!mg_add || mg_add->shape().IsSameSize(want)),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "row updates must be var.shape with the first dimension of indices: ",
+                    want.DebugString())));
+    std::vector<int64_t> pos;
+    OP_REQUIRES_OK(ctx, RowPositions<Index>(indices, rows, &pos));
+    const Isa& isa = PickIsa();
+    void* w = var->data();
+    void* ms = locked.tensor(1)->data();
+    void* mg = a_ ? locked.tensor(2)->data() : nullptr;
+    const void* msa = ms_add.data();
+    const void* mga = mg_add ? mg_add->data() : nullptr;
+    const void* np = num.data();
+    const int64_t* pp = pos.data();
+    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 6 + 20),
+               [&isa, w, ms, mg, msa, mga, np, pp, row_size, &coefs](int64_t r0, int64_t r1) {
+                 isa.sparse_rms(KoDtypeOf<T>(), w, ms, mg, msa, mga, np, pp, row_size, coefs,
+                                r0, r1);
+               });
+  }
+
+ private:
+  int a_;
+};
+
 class FusedIsaOp : public OpKernel {
  public:
   explicit FusedIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -378,7 +484,17 @@ class FusedIsaOp : public OpKernel {
                               .Device(DEVICE_CPU)                                        \
                               .TypeConstraint<T>("T")                                    \
                               .TypeConstraint<int64_t>("Tindices"),                      \
-                          FusedSparseApplyAdamOp<T, int64_t>);
+                          FusedSparseApplyAdamOp<T, int64_t>);                           \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyRMSProp")                        \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int32>("Tindices"),                        \
+                          FusedSparseApplyRmsOp<T, int32>);                              \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyRMSProp")                        \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int64_t>("Tindices"),                      \
+                          FusedSparseApplyRmsOp<T, int64_t>);
 KO_REGISTER(Eigen::half)
 KO_REGISTER(Eigen::bfloat16)
 KO_REGISTER(float)
