@@ -118,7 +118,9 @@ def _run(cmd: list[str]) -> None:
     logger.debug("keras_opt fused kernels: %s", " ".join(cmd))
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise BuildError(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+        raise BuildError(
+            f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}"
+        )
 
 
 def _compile(cxx: str, out_path: str) -> None:
