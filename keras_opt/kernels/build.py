@@ -207,6 +207,22 @@ def load():
         return module
 
 
+def preload() -> None:
+    """Loads the library at import if it is already built (never builds, never raises).
+
+    A SavedModel whose traced functions hold fused ops can then be loaded by a
+    process that imports keras_opt, as the ops are registered by then.
+    """
+    if disabled_by_env() or "module" in _state:
+        return
+    try:
+        path = os.path.join(cache_root(), build_key(compiler()), _LIB_NAME)
+    except Exception:  # noqa: BLE001 - no compiler etc.: first use decides
+        return
+    if os.path.exists(path):
+        load()
+
+
 def status() -> dict:
     """{'available': bool, 'reason': str or None, 'library': path or None, 'isa': str or None}."""
     module = load()
