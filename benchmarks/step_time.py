@@ -452,17 +452,20 @@ def bound_ms(wl: Workload, opt_name: str, bandwidth_gbs) -> float | None:
     """Memory-traffic lower bound of one step: var and slots read + written, grad read.
 
     W4 (sparse): Adam's exact update (and the composite ops of tf_keras) decays
-    the whole m and v, so it touches every element like a dense step; the other
-    rules touch only the gradient's rows.
+    the whole m and v, so it touches every element like a dense step; RMSprop
+    without momentum decays the whole ms and updates the gradient's rows of
+    var; the other rules touch only the gradient's rows.
     """
     if not bandwidth_gbs:
         return None
     slots = SLOTS[opt_name]
-    if wl.sparse and opt_name != "adam":
-        rows = wl.num_unique_rows * wl.shapes[0][1]
-        nbytes = 4 * rows * (2 * (1 + slots) + 1)
-    elif wl.sparse:
+    rows = wl.num_unique_rows * wl.shapes[0][1] if wl.sparse else 0
+    if wl.sparse and opt_name == "adam":
         nbytes = 4 * wl.num_params * 2 * (1 + slots) + 4 * wl.grads[0].values.shape.num_elements()
+    elif wl.sparse and opt_name == "rmsprop":
+        nbytes = 4 * wl.num_params * 2 + 4 * rows * 3
+    elif wl.sparse:
+        nbytes = 4 * rows * (2 * (1 + slots) + 1)
     else:
         nbytes = 4 * wl.num_params * (2 * (1 + slots) + 1)
     return nbytes / (bandwidth_gbs * 1e9) * 1e3
