@@ -213,6 +213,22 @@ def test_constraint_and_non_cpu_pairs_take_per_variable_path():
     np.testing.assert_array_equal(constrained.numpy(), c2.numpy())
 
 
+def test_variable_given_twice_is_updated_twice_like_per_variable():
+    results = []
+    for fused in (True, False):
+        twice = tf.Variable([1.0, 2.0], name="twice")
+        once = tf.Variable([3.0, 4.0], name="once")
+        opt = keras_opt.SGD(0.1, momentum=0.9, fused_kernels=fused)
+        g = tf.constant([1.0, 0.5])
+        opt.apply_gradients([(g, twice), (g, once), (g * 2.0, twice)])
+        results.append((twice.numpy(), once.numpy(), kernels.last_paths(opt)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert results[0][2]["per_variable"] == ["twice:0", "twice:0"]
+    if HAVE_COMPILER:
+        assert results[0][2]["fused"] == ["once:0"]
+
+
 needs_library = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler")
 
 

@@ -245,7 +245,13 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     groups = collections.OrderedDict()  # (device, dtype) -> [(grad, var, slots)]
     sparse_items = []
     remaining, fused_names, reasons = [], [], []
+    # A variable given twice is updated twice, in order, by the per-variable path.
+    counts = collections.Counter(id(v) for _, v in grads_and_vars)
     for grad, var in grads_and_vars:
+        if counts[id(var)] > 1:
+            remaining.append((grad, var))
+            reasons.append("variable given more than once")
+            continue
         # Under MirroredStrategy the aggregated gradient wraps one per replica.
         sparse = isinstance(distribution.experimental_local_results(grad)[0], tf.IndexedSlices)
         if sparse and not rule.sparse:
