@@ -15,6 +15,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_opt", "keras_opt.*"]),
+    # C++ sources of the fused kernels, built on first use (keras_opt/kernels/build.py).
+    package_data={"keras_opt.kernels": ["*.cc", "*.h"]},
     python_requires=">=3.9",
     install_requires=["tensorflow>=2.16", "numpy", "absl-py"],
     extras_require={"compare": COMPARE_REQUIRES, "test": TEST_REQUIRES},

@@ -63,6 +63,9 @@ import tensorflow as tf  # noqa: E402
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
 ALL_OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "ftrl", "adamw", "lion", "lazy_adam")
 ALL_LIBS = ("keras_opt", "tf_keras", "keras3", "keras3_jit")
+# keras_opt_pv: keras_opt with fused_kernels=False (per-variable kernels);
+# torch_fused: torch.optim.<Opt>(fused=True or foreach) on CPU, only with --torch.
+EXTRA_LIBS = ("keras_opt_pv", "torch_fused")
 # Default timed repetitions per workload (W2 and W4 are big: fewer repeats).
 DEFAULT_REPEATS = {"W1": 10, "W2": 5, "W3": 10, "W4": 5}
 WARMUP_STEPS = 2
@@ -181,10 +184,10 @@ def make_optimizer(lib: str, opt: str, feature: str = ""):
     kwargs = {**OPT_KWARGS[opt], **FEATURE_KWARGS.get(feature, {})}
     if feature and lib == "tf_keras":
         raise ValueError(f"tf_keras legacy has no {feature}")
-    if lib == "keras_opt":
+    if lib in ("keras_opt", "keras_opt_pv"):
         import keras_opt
 
-        return getattr(keras_opt, cls_name)(**kwargs)
+        return getattr(keras_opt, cls_name)(fused_kernels=lib == "keras_opt", **kwargs)
     cls_name = FOREIGN_CLASS.get(opt, cls_name)
     if lib == "tf_keras":
         import tf_keras
@@ -219,7 +222,7 @@ class Runner:
         grads = wl.grads
         variables = self.vars
         opt = self.opt
-        if lib == "keras_opt":
+        if lib in ("keras_opt", "keras_opt_pv"):
             opt.build(variables)
         elif lib == "tf_keras":
             # Legacy OptimizerV2 has no public build(); this is what
@@ -264,11 +267,14 @@ def run_cell(
     wl: Workload, opt_name: str, libs: list[str], repeats: int, verbose: bool, feature: str = ""
 ):
     """Builds + warms every lib, then times `repeats` interleaved rounds."""
-    runners: dict[str, Runner] = {}
+    runners: dict = {}
     result = {lib: {"status": "n/a", "reason": "not run"} for lib in libs}
     for lib in libs:
         try:
-            runners[lib] = Runner(lib, opt_name, wl, feature)
+            if lib == "torch_fused":
+                runners[lib] = TorchRunner(lib, opt_name, wl)
+            else:
+                runners[lib] = Runner(lib, opt_name, wl, feature)
             result[lib] = {
                 "status": "ok",
                 "first_step_s": runners[lib].first_step_s,
@@ -297,7 +303,8 @@ def run_cell(
             result[lib]["times_ms"].append(dt * 1e3)
     for lib, runner in runners.items():
         # Every step must reuse the single trace (no retracing while timed).
-        result[lib]["tracing_count"] = runner.step_fn.experimental_get_tracing_count()
+        if hasattr(runner.step_fn, "experimental_get_tracing_count"):
+            result[lib]["tracing_count"] = runner.step_fn.experimental_get_tracing_count()
     for res in result.values():
         if res["status"] == "ok":
             t = res["times_ms"]
@@ -406,15 +413,25 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write results (with raw samples) here")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     p.add_argument("--render", default=None, help="only print the table of a saved --json file")
+    p.add_argument("--torch", action="store_true", help="add torch's fused optimizers (CPU)")
     args = p.parse_args(argv)
     if args.render:
         with open(args.render) as f:
-            print(markdown_table(json.load(f)["results"]))
+            data = json.load(f)
+        print(markdown_table(data["results"]))
+        print()
+        print(fused_table(data["results"], data["meta"].get("bandwidth_gbs")))
         return 0
     workloads = parse_list(args.workloads, ALL_WORKLOADS, upper=True)
     optimizers = parse_list(args.optimizers, ALL_OPTIMIZERS)
-    libs = parse_list(args.libs, ALL_LIBS)
+    libs = parse_list(args.libs, ALL_LIBS + EXTRA_LIBS)
     features = [""] + parse_list(args.features, FEATURE_KWARGS)
+    if args.torch and "torch_fused" not in libs:
+        libs.append("torch_fused")
+    global BANDWIDTH_GBS
+    BANDWIDTH_GBS = measure_bandwidth_gbs()
+    print(f"# memory bandwidth (numpy copy, 256 MiB, 3 bytes moved per byte copied): "
+          f"{BANDWIDTH_GBS:.1f} GB/s", flush=True)
 
     import keras
     import tf_keras
@@ -436,8 +453,10 @@ def main(argv=None) -> int:
         for opt_name, feature in [(o, f) for o in optimizers for f in features]:
             t0 = time.perf_counter()
             cell = run_cell(wl, opt_name, libs, repeats, args.verbose, feature)
+            bound = bound_ms(wl, opt_name, BANDWIDTH_GBS)
             opt_name = opt_name + (f"+{feature}" if feature else "")
-            row = {"workload": wl_name, "optimizer": opt_name, "repeats": repeats, "libs": cell}
+            row = {"workload": wl_name, "optimizer": opt_name, "repeats": repeats, "libs": cell,
+                   "bound_ms": bound}
             results.append(row)
             print(
                 f"#   {wl_name} {opt_name}: "
@@ -462,6 +481,8 @@ def main(argv=None) -> int:
         gc.collect()
     print(f"# total {time.perf_counter() - t_start:.1f}s\n", flush=True)
     print(markdown_table(results))
+    print()
+    print(fused_table(results, BANDWIDTH_GBS))
     slow = [
         r
         for r in results
@@ -488,9 +509,126 @@ def write_json(path: str, results: list[dict]) -> None:
         "cpus": os.cpu_count(),
         "argv": sys.argv[1:],
         "warmup_steps": WARMUP_STEPS,
+        "bandwidth_gbs": BANDWIDTH_GBS,
     }
     with open(path, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+# ------------------------------------------- fused kernels: bound and torch rows
+BANDWIDTH_GBS = None
+# Per element: slots read + written by each rule (var is read + written, grad read).
+SLOTS = {"adam": 2, "sgd": 1, "adagrad": 1, "rmsprop": 1, "ftrl": 2, "adamw": 2, "lion": 1,
+         "lazy_adam": 2}
+
+
+def measure_bandwidth_gbs() -> float:
+    """Memory bandwidth from a 256 MiB numpy copy, best of 5.
+
+    A copy moves 3 bytes per byte copied: the source read, the destination
+    read for ownership and its write back (an optimizer step reads every
+    buffer it writes, so it pays no extra read for ownership).
+    """
+    src = np.ones(64 << 20, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 3 * src.nbytes / best / 1e9
+
+
+def bound_ms(wl: Workload, opt_name: str, bandwidth_gbs) -> float | None:
+    """Memory-traffic lower bound of one step: var and slots read + written, grad read.
+
+    W4 (sparse): Adam's exact update (and the composite ops of tf_keras) decays
+    the whole m and v, so it touches every element like a dense step; RMSprop
+    without momentum decays the whole ms and updates the gradient's rows of
+    var; the other rules touch only the gradient's rows.
+    """
+    if not bandwidth_gbs:
+        return None
+    slots = SLOTS[opt_name]
+    rows = wl.num_unique_rows * wl.shapes[0][1] if wl.sparse else 0
+    if wl.sparse and opt_name in ("adam", "adamw"):  # the exact path decays all of m, v
+        nbytes = 4 * wl.num_params * 2 * (1 + slots) + 4 * wl.grads[0].values.shape.num_elements()
+    elif wl.sparse and opt_name == "rmsprop":
+        nbytes = 4 * wl.num_params * 2 + 4 * rows * 3
+    elif wl.sparse:
+        nbytes = 4 * rows * (2 * (1 + slots) + 1)
+    else:
+        nbytes = 4 * wl.num_params * (2 * (1 + slots) + 1)
+    return nbytes / (bandwidth_gbs * 1e9) * 1e3
+
+
+class TorchRunner:
+    """torch.optim.<Opt> with fused=True (foreach where fused is not offered) on CPU."""
+
+    TORCH_CLASS = {"adam": "Adam", "sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop"}
+
+    def __init__(self, lib: str, opt_name: str, wl: Workload):
+        import torch
+
+        if opt_name not in self.TORCH_CLASS:
+            raise NotImplementedError(f"torch has no {opt_name}")
+        torch.set_num_threads(os.cpu_count() or 1)
+        self.params = [torch.nn.Parameter(torch.from_numpy(v.numpy().copy()))
+                       for v in wl.init_values]
+        grads = []
+        for g in wl.grads:
+            if isinstance(g, tf.IndexedSlices):  # densified, as Keras 3 does
+                g = tf.convert_to_tensor(g)
+            grads.append(torch.from_numpy(g.numpy().copy()))
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        kwargs = {"adam": dict(lr=1e-3, eps=1e-7), "sgd": dict(lr=0.01, momentum=0.9),
+                  "adagrad": dict(lr=1e-3, initial_accumulator_value=0.1, eps=1e-7),
+                  "rmsprop": dict(lr=1e-3, alpha=0.9, eps=1e-7)}[opt_name]
+        cls = getattr(torch.optim, self.TORCH_CLASS[opt_name])
+        try:
+            self.opt = cls(self.params, fused=True, **kwargs)
+            self.opt.step()
+        except (RuntimeError, TypeError, ValueError):
+            self.opt = cls(self.params, foreach=True, **kwargs)
+        self.step_fn = self.opt.step
+        t0 = time.perf_counter()
+        self.step()
+        self.first_step_s = time.perf_counter() - t0
+        for _ in range(WARMUP_STEPS):
+            self.step()
+
+    def step(self):
+        self.opt.step()
+
+    def close(self):
+        del self.opt, self.params
+
+
+def fused_table(results: list[dict], bandwidth_gbs) -> str:
+    """keras_opt fused vs per-variable, the others and the memory bound."""
+    lines = [
+        f"fused kernels (bound: bytes moved / {bandwidth_gbs or 0:.1f} GB/s copy bandwidth)",
+        "",
+        "| workload | optimizer | fused ms | per-var ms | tf_keras ms | keras3 ms | keras3 jit ms "
+        "| torch ms | bound ms | fused/bound | fused/per-var | fused/keras3 jit | fused/torch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results:
+        c = row["libs"]
+        bound = row.get("bound_ms")
+        fused = c.get("keras_opt")
+        fb = (f"{fused['median_ms'] / bound:.2f}" if bound and fused and fused["status"] == "ok"
+              else "-")
+        lines.append(
+            f"| {row['workload']} | {row['optimizer']} | {fmt_cell(fused)} "
+            f"| {fmt_cell(c.get('keras_opt_pv'))} | {fmt_cell(c.get('tf_keras'))} "
+            f"| {fmt_cell(c.get('keras3'))} | {fmt_cell(c.get('keras3_jit'))} "
+            f"| {fmt_cell(c.get('torch_fused'))} | {f'{bound:.2f}' if bound else '-'} | {fb} "
+            f"| {ratio(c, 'keras_opt', 'keras_opt_pv')} | {ratio(c, 'keras_opt', 'keras3_jit')} "
+            f"| {ratio(c, 'keras_opt', 'torch_fused')} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import tensorflow as tf
 from tf_keras.optimizers import legacy as tf_keras_legacy
 
 import keras_opt
+from keras_opt import kernels
 from keras_opt.optimizer_v2 import variables as variables_lib
 
 import dist_utils
@@ -65,7 +66,8 @@ GRAPH_CASES = [
 ]
 assert len(GRAPH_CASES) == 11
 
-SPARSE_OP_TYPES = ("ResourceSparseApply", "ResourceScatter")
+# (KerasOptFusedSparseApply: keras_opt.kernels' one-pass sparse Adam.)
+SPARSE_OP_TYPES = ("ResourceSparseApply", "ResourceScatter", "KerasOptFusedSparseApply")
 
 
 def _steps():
@@ -301,7 +303,8 @@ def _two_applies(lib, name, num_float32, kwargs=None):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_apply_gradients_builds_the_same_ops_as_tf_keras(name):
-    ours = _two_applies(keras_opt, name, 3)
+    # The per-variable path (keras_opt.kernels' fused ops are checked in test_fused.py).
+    ours = _two_applies(keras_opt, name, 3, dict(fused_kernels=False))
     theirs = _two_applies(tf_keras_legacy, name, 3)
     assert ours[0] == theirs[0], "first apply_gradients (creates the weights)"
     assert ours[1] == theirs[1], "second apply_gradients"
@@ -312,10 +315,15 @@ def test_one_coefficient_set_per_device_and_dtype_per_apply():
     # two float dtypes -> 4 Pow ops per apply_gradients call, however many
     # variables share them (tf_keras does the same; it is checked above).
     for num_float32 in (2, 8):
-        first, second = _two_applies(keras_opt, "Adam", num_float32)
+        first, second = _two_applies(keras_opt, "Adam", num_float32, dict(fused_kernels=False))
         assert first["Pow"] == 4 and second["Pow"] == 4, num_float32
         # The dense variables (all but v0) use the fused kernel, one op each.
         assert second["ResourceApplyAdam"] == num_float32
+        # keras_opt.kernels: one multi-variable op per (device, dtype) instead.
+        first, second = _two_applies(keras_opt, "Adam", num_float32)
+        assert first["Pow"] == 4 and second["Pow"] == 4, num_float32
+        if kernels.status()["available"]:
+            assert second["KerasOptFusedApply"] == 2 and not second["ResourceApplyAdam"]
 
 
 # --------------------------------------------------- weights and hyperparameters

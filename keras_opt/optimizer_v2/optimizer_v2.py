@@ -49,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.util import tf_inspect
 
+from keras_opt.kernels import dispatch as fused_dispatch
 from keras_opt.optimizer_v2 import (
     accumulation,
     base_arguments,
@@ -69,7 +70,7 @@ from keras_opt.optimizer_v2.legacy_names import (  # noqa: F401  (tf_keras's mod
 _DEFAULT_VALID_DTYPES = frozenset(
     [tf.float16, tf.bfloat16, tf.float32, tf.float64, tf.complex64, tf.complex128]
 )
-_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm")
+_ALLOWED_KWARGS = ("clipnorm", "clipvalue", "lr", "decay", "global_clipnorm", "fused_kernels")
 _NAME_COUNTS: dict[str, itertools.count] = {}
 
 deduplicate_indexed_slices = gradients_lib.deduplicate_indexed_slices
@@ -192,6 +193,8 @@ class OptimizerV2(
                 f"`clipnorm`={self.clipnorm}, `global_clipnorm`={self.global_clipnorm}."
             )
         self.clipvalue = kwargs.pop("clipvalue", None)
+        # False: never use keras_opt.kernels' fused multi-variable ops.
+        self.fused_kernels = bool(kwargs.pop("fused_kernels", True))
 
     def __deepcopy__(self, memo):
         result = type(self).__new__(type(self))
@@ -437,10 +440,16 @@ class OptimizerV2(
             return self._finish_step(increment)
 
     def _update_all(self, distribution, grads_and_vars, apply_state):
-        """Runs `_apply_one` for each pair; returns the update ops."""
+        """Updates every variable; returns the update ops.
+
+        The pairs the fused kernels cover get one op per (device, dtype)
+        (`keras_opt.kernels`); the others run `_apply_one` each.
+        """
         eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
         apply_one = functools.partial(self._apply_one, apply_state=apply_state)
-        update_ops = []
+        update_ops, grads_and_vars = fused_dispatch.apply_fused(
+            self, distribution, grads_and_vars, apply_state
+        )
         for grad, var in grads_and_vars:
             with distribution.extended.colocate_vars_with(var):
                 scope = "update" if eager_outside else "update_" + var.op.name

@@ -1,0 +1,507 @@
+// keras_opt fused optimizer ops: one op call updates a list of variables.
+//
+// KerasOptFusedApply(var: N resources, slots: S resources (slot-major),
+//                    grad: N tensors, coefs: C scalars; rule, use_locking)
+// KerasOptFusedSparseApplyAdam(var, m, v, vhat: A resources, the rows to add
+//                              to m and v (g * (1 - b1), g * g * (1 - b2),
+//                              computed by TF ops as the composite path does),
+//                              unique indices, 4 scalars)
+// KerasOptFusedIsa() -> the instruction set picked at load time.
+//
+// Locking and buffer handling follow TensorFlow's training kernels
+// (training_op_helpers.h): every variable is looked up, its mutex taken
+// exclusively in ascending address order, and a buffer that is shared with a
+// reader (or in copy-on-read mode) is copied before it is updated.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "fused_math.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace tensorflow {
+namespace {
+
+REGISTER_OP("KerasOptFusedApply")
+    .Input("var: N * resource")
+    .Input("slots: S * resource")
+    .Input("grad: N * T")
+    .Input("coefs: C * T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("rule: int")
+    .Attr("N: int >= 1")
+    .Attr("S: int >= 0")
+    .Attr("C: int >= 0")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+REGISTER_OP("KerasOptFusedSparseApplyAdam")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("vhat: A * resource")
+    .Input("m_scaled: T")
+    .Input("v_scaled: T")
+    .Input("indices: Tindices")
+    .Input("beta1: T")
+    .Input("beta2: T")
+    .Input("lr: T")
+    .Input("epsilon: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("A: int >= 0")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+REGISTER_OP("KerasOptFusedSparseApplyRMSProp")
+    .Input("var: resource")
+    .Input("ms: resource")
+    .Input("mg: A * resource")
+    .Input("ms_add: T")
+    .Input("mg_add: A * T")
+    .Input("num: T")
+    .Input("indices: Tindices")
+    .Input("rho: T")
+    .Input("epsilon: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("A: int >= 0")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+REGISTER_OP("KerasOptFusedIsa")
+    .Output("isa: string")
+    .SetShapeFn(shape_inference::ScalarShape);
+
+struct Isa {
+  const char* name;
+  KoDenseFn dense;
+  KoSparseAdamFn sparse_adam;
+  KoSparseRmsFn sparse_rms;
+};
+
+// Picked once at load time from the CPU (KERAS_OPT_FUSED_ISA may lower it).
+const Isa& PickIsa() {
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    const char* env = std::getenv("KERAS_OPT_FUSED_ISA");
+    const std::string want = env ? env : "";
+    const bool avx512 = __builtin_cpu_supports("avx512f") && want != "avx2" && want != "sse2";
+    const bool avx2 = __builtin_cpu_supports("avx2") && want != "sse2";
+    if (avx512) return Isa{"avx512", ko_dense_avx512, ko_sparse_adam_avx512, ko_sparse_rms_avx512};
+    if (avx2) return Isa{"avx2", ko_dense_avx2, ko_sparse_adam_avx2, ko_sparse_rms_avx2};
+    return Isa{"sse2", ko_dense_sse2, ko_sparse_adam_sse2, ko_sparse_rms_sse2};
+  }();
+  return isa;
+}
+
+template <typename T>
+constexpr int KoDtypeOf();
+template <>
+constexpr int KoDtypeOf<Eigen::half>() { return KO_F16; }
+template <>
+constexpr int KoDtypeOf<Eigen::bfloat16>() { return KO_BF16; }
+template <>
+constexpr int KoDtypeOf<float>() { return KO_F32; }
+template <>
+constexpr int KoDtypeOf<double>() { return KO_F64; }
+
+int NumSlots(int rule) {
+  switch (rule) {
+    case KO_SGD: return 0;
+    case KO_MOMENTUM: case KO_NESTEROV: case KO_ADAGRAD_V2: case KO_RMSPROP_PLAIN: return 1;
+    case KO_ADAM: case KO_RMSPROP: case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL:
+    case KO_FTRL_V2: return 2;
+    case KO_ADAM_AMSGRAD: case KO_RMSPROP_CENTERED: return 3;
+    default: return -1;
+  }
+}
+int NumCoefs(int rule) {
+  switch (rule) {
+    case KO_SGD: return 1;
+    case KO_MOMENTUM: case KO_NESTEROV: case KO_ADAGRAD_V2: return 2;
+    case KO_RMSPROP: case KO_RMSPROP_CENTERED: case KO_RMSPROP_PLAIN:
+    case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL: return 4;
+    case KO_FTRL_V2: return 5;
+    case KO_ADAM: case KO_ADAM_AMSGRAD: return 6;
+    default: return -1;
+  }
+}
+
+// Looks up the variables of inputs [first, first + count), locks them
+// (exclusively, ascending mutex address, like TF's training kernels), and
+// makes their buffers private (copy when shared or in copy-on-read mode).
+class LockedVars {
+ public:
+  template <typename T>
+  absl::Status Acquire(OpKernelContext* ctx, int first, int count) {
+    vars_.resize(count);
+    for (int i = 0; i < count; ++i) {
+      const ResourceHandle& handle = HandleFromInput(ctx, first + i);
+      Var* var = nullptr;
+      absl::Status s = LookupResource(ctx, handle, &var);
+      if (!s.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Could not find variable ", handle.name(), " (input ", first + i, "): ",
+            s.message()));
+      }
+      vars_[i].reset(var);
+    }
+    std::vector<Var*> order(count);
+    for (int i = 0; i < count; ++i) order[i] = vars_[i].get();
+    std::sort(order.begin(), order.end(),
+              [](Var* a, Var* b) { return a->mu() < b->mu(); });
+    for (int i = 1; i < count; ++i) {
+      if (order[i] == order[i - 1]) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "A variable is passed more than once to a fused optimizer update: ",
+            order[i]->DebugString()));
+      }
+    }
+    locks_.reserve(count);
+    for (Var* var : order) locks_.emplace_back(*var->mu());
+    for (int i = 0; i < count; ++i) {
+      Var* var = vars_[i].get();
+      Tensor* t = var->tensor();
+      if (!var->is_initialized || !t->IsInitialized()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "Attempting to use uninitialized variables: ", HandleFromInput(ctx, first + i).name()));
+      }
+      if (t->dtype() != DataTypeToEnum<T>::v()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Variable ", HandleFromInput(ctx, first + i).name(), " has dtype ",
+            DataTypeString(t->dtype()), ", expected ", DataTypeString(DataTypeToEnum<T>::v())));
+      }
+      if (var->copy_on_read_mode.load() || !t->RefCountIsOne()) {
+        Tensor tmp;
+        tsl::AllocatorAttributes attr;
+        attr.set_gpu_compatible(true);
+        attr.set_nic_compatible(true);
+        TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &tmp, attr));
+        if (t->TotalBytes() > 0) {
+          std::memcpy(tmp.data(), t->data(), t->TotalBytes());
+        }
+        *t = tmp;
+      }
+    }
+    return absl::OkStatus();
+  }
+  Tensor* tensor(int i) { return vars_[i]->tensor(); }
+
+ private:
+  std::vector<core::RefCountPtr<Var>> vars_;
+  std::vector<mutex_lock> locks_;
+};
+
+void RunSharded(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit,
+                const std::function<void(int64_t, int64_t)>& fn) {
+  if (total <= 0) return;
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  workers->ParallelFor(total, cost_per_unit, fn);
+}
+
+template <typename T>
+class FusedApplyOp : public OpKernel {
+ public:
+  explicit FusedApplyOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &s_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("C", &c_));
+    OP_REQUIRES(ctx, rule_ >= 0 && rule_ < KO_NUM_RULES,
+                absl::InvalidArgumentError(absl::StrCat("Unknown fused rule ", rule_)));
+    OP_REQUIRES(ctx, s_ == n_ * NumSlots(rule_),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "Rule ", rule_, " takes ", NumSlots(rule_), " slots per variable; got ",
+                    s_, " slots for ", n_, " variables")));
+    OP_REQUIRES(ctx, c_ == NumCoefs(rule_),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "Rule ", rule_, " takes ", NumCoefs(rule_), " coefficients; got ", c_)));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int nslots = s_ / n_;
+    const int grad0 = n_ + s_;
+    const int coef0 = grad0 + n_;
+    T coefs[8];
+    for (int i = 0; i < c_; ++i) {
+      const Tensor& c = ctx->input(coef0 + i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
+      coefs[i] = c.scalar<T>()();
+    }
+    if (rule_ == KO_FTRL || rule_ == KO_FTRL_V2) {
+      OP_REQUIRES(ctx, coefs[3] == static_cast<T>(-0.5),
+                  absl::InvalidArgumentError(
+                      "the fused Ftrl kernel supports learning_rate_power=-0.5 only; the "
+                      "value changed after the step was traced: trace again, or set "
+                      "KERAS_OPT_FUSED=0 / fused_kernels=False"));
+    }
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, n_ + s_));
+    std::vector<KoTensor> ts(n_);
+    std::vector<int64_t> starts(n_ + 1, 0);
+    for (int i = 0; i < n_; ++i) {
+      Tensor* var = locked.tensor(i);
+      const Tensor& grad = ctx->input(grad0 + i);
+      OP_REQUIRES(ctx, var->shape().IsSameSize(grad.shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "var and grad do not have the same shape (variable ",
+                      HandleFromInput(ctx, i).name(), "): ", var->shape().DebugString(), " ",
+                      grad.shape().DebugString())));
+      KoTensor& t = ts[i];
+      t.var = var->data();
+      t.grad = grad.data();
+      t.size = var->NumElements();
+      for (int j = 0; j < 3; ++j) t.slot[j] = nullptr;
+      for (int j = 0; j < nslots; ++j) {
+        Tensor* slot = locked.tensor(n_ + j * n_ + i);
+        OP_REQUIRES(ctx, var->shape().IsSameSize(slot->shape()),
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "var and slot do not have the same shape (variable ",
+                        HandleFromInput(ctx, i).name(), ", slot ",
+                        HandleFromInput(ctx, n_ + j * n_ + i).name(),
+                        "): ", var->shape().DebugString(), " ",
+                        slot->shape().DebugString())));
+        t.slot[j] = slot->data();
+      }
+      starts[i + 1] = starts[i] + t.size;
+    }
+    const int64_t total = starts[n_];
+    constexpr int64_t kBlock = 1024;
+    const int64_t blocks = (total + kBlock - 1) / kBlock;
+    const Isa& isa = PickIsa();
+    const KoTensor* tp = ts.data();
+    const int64_t* sp = starts.data();
+    const int rule = rule_;
+    const int64_t n = n_;
+    const int64_t bytes = static_cast<int64_t>(sizeof(T)) * (3 + 2 * nslots);
+    RunSharded(ctx, blocks, kBlock * (bytes + 20),
+               [&isa, rule, tp, sp, n, &coefs, total](int64_t b0, int64_t b1) {
+                 isa.dense(rule, KoDtypeOf<T>(), tp, sp, n, coefs, b0 * kBlock,
+                           std::min(total, b1 * kBlock));
+               });
+  }
+
+ private:
+  int rule_, n_, s_, c_;
+};
+
+template <typename T, typename Index>
+class FusedSparseApplyAdamOp : public OpKernel {
+ public:
+  explicit FusedSparseApplyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("A", &a_));
+    OP_REQUIRES(ctx, a_ <= 1, absl::InvalidArgumentError("vhat takes 0 or 1 variables"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int nv = 3 + a_;
+    const Tensor& grad = ctx->input(nv);
+    const Tensor& grad2 = ctx->input(nv + 1);
+    const Tensor& indices = ctx->input(nv + 2);
+    T coefs[4];
+    for (int i = 0; i < 4; ++i) {
+      const Tensor& c = ctx->input(nv + 3 + i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
+      coefs[i] = c.scalar<T>()();
+    }
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
+                absl::InvalidArgumentError("indices must be one-dimensional"));
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    Tensor* var = locked.tensor(0);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVectorOrHigher(var->shape()),
+                absl::InvalidArgumentError("var must be at least 1 dimensional"));
+    for (int j = 1; j < nv; ++j) {
+      OP_REQUIRES(ctx, var->shape().IsSameSize(locked.tensor(j)->shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "var and slot do not have the same shape: ", var->shape().DebugString(),
+                      " ", locked.tensor(j)->shape().DebugString())));
+    }
+    const int64_t rows = var->dim_size(0);
+    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
+    const int64_t nidx = indices.dim_size(0);
+    TensorShape want = var->shape();
+    want.set_dim(0, nidx);
+    OP_REQUIRES(ctx, grad.shape().IsSameSize(want) && grad2.shape().IsSameSize(want),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "m_scaled and v_scaled must be var.shape with the first dimension of "
+                    "indices: ", grad.shape().DebugString(), ", ", grad2.shape().DebugString(),
+                    " vs ", want.DebugString())));
+    std::vector<int64_t> pos(rows, -1);
+    const auto idx = indices.flat<Index>();
+    for (int64_t i = 0; i < nidx; ++i) {
+      const int64_t r = static_cast<int64_t>(idx(i));
+      OP_REQUIRES(ctx, r >= 0 && r < rows,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "indices[", i, "] = ", r, " is not in [0, ", rows, ")")));
+      OP_REQUIRES(ctx, pos[r] < 0,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "indices must be unique; ", r, " is repeated")));
+      pos[r] = i;
+    }
+    const Isa& isa = PickIsa();
+    void* w = var->data();
+    void* m = locked.tensor(1)->data();
+    void* v = locked.tensor(2)->data();
+    void* vh = a_ ? locked.tensor(3)->data() : nullptr;
+    const void* g = grad.data();
+    const void* g2 = grad2.data();
+    const int64_t* pp = pos.data();
+    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 8 + 20),
+               [&isa, w, m, v, vh, g, g2, pp, row_size, &coefs](int64_t r0, int64_t r1) {
+                 isa.sparse_adam(KoDtypeOf<T>(), w, m, v, vh, g, g2, pp, row_size, coefs, r0,
+                                 r1);
+               });
+  }
+
+ private:
+  int a_;
+};
+
+// pos[row] = position of row in `indices` (or -1); rejects out-of-range and repeated rows.
+template <typename Index>
+absl::Status RowPositions(const Tensor& indices, int64_t rows, std::vector<int64_t>* pos) {
+  if (!TensorShapeUtils::IsVector(indices.shape())) {
+    return absl::InvalidArgumentError("indices must be one-dimensional");
+  }
+  pos->assign(rows, -1);
+  const auto idx = indices.flat<Index>();
+  for (int64_t i = 0; i < idx.size(); ++i) {
+    const int64_t r = static_cast<int64_t>(idx(i));
+    if (r < 0 || r >= rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("indices[", i, "] = ", r, " is not in [0, ", rows, ")"));
+    }
+    if ((*pos)[r] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("indices must be unique; ", r, " is repeated"));
+    }
+    (*pos)[r] = i;
+  }
+  return absl::OkStatus();
+}
+
+template <typename T, typename Index>
+class FusedSparseApplyRmsOp : public OpKernel {
+ public:
+  explicit FusedSparseApplyRmsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("A", &a_));
+    OP_REQUIRES(ctx, a_ <= 1, absl::InvalidArgumentError("mg takes 0 or 1 variables"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int nv = 2 + a_;
+    const Tensor& ms_add = ctx->input(nv);
+    const Tensor* mg_add = a_ ? &ctx->input(nv + 1) : nullptr;
+    const Tensor& num = ctx->input(nv + 1 + a_);
+    const Tensor& indices = ctx->input(nv + 2 + a_);
+    T coefs[2];
+    for (int i = 0; i < 2; ++i) {
+      const Tensor& c = ctx->input(nv + 3 + a_ + i);
+      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
+      coefs[i] = c.scalar<T>()();
+    }
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    Tensor* var = locked.tensor(0);
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVectorOrHigher(var->shape()),
+                absl::InvalidArgumentError("var must be at least 1 dimensional"));
+    for (int j = 1; j < nv; ++j) {
+      OP_REQUIRES(ctx, var->shape().IsSameSize(locked.tensor(j)->shape()),
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "var and slot do not have the same shape: ", var->shape().DebugString(),
+                      " ", locked.tensor(j)->shape().DebugString())));
+    }
+    const int64_t rows = var->dim_size(0);
+    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
+                absl::InvalidArgumentError("indices must be one-dimensional"));
+    TensorShape want = var->shape();
+    want.set_dim(0, indices.dim_size(0));
+    OP_REQUIRES(ctx, ms_add.shape().IsSameSize(want) && num.shape().IsSameSize(want) &&
+                         (!mg_add || mg_add->shape().IsSameSize(want)),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "row updates must be var.shape with the first dimension of indices: ",
+                    want.DebugString())));
+    std::vector<int64_t> pos;
+    OP_REQUIRES_OK(ctx, RowPositions<Index>(indices, rows, &pos));
+    const Isa& isa = PickIsa();
+    void* w = var->data();
+    void* ms = locked.tensor(1)->data();
+    void* mg = a_ ? locked.tensor(2)->data() : nullptr;
+    const void* msa = ms_add.data();
+    const void* mga = mg_add ? mg_add->data() : nullptr;
+    const void* np = num.data();
+    const int64_t* pp = pos.data();
+    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 6 + 20),
+               [&isa, w, ms, mg, msa, mga, np, pp, row_size, &coefs](int64_t r0, int64_t r1) {
+                 isa.sparse_rms(KoDtypeOf<T>(), w, ms, mg, msa, mga, np, pp, row_size, coefs,
+                                r0, r1);
+               });
+  }
+
+ private:
+  int a_;
+};
+
+class FusedIsaOp : public OpKernel {
+ public:
+  explicit FusedIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<tstring>()() = PickIsa().name;
+  }
+};
+
+#define KO_REGISTER(T)                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                               \
+      Name("KerasOptFusedApply").Device(DEVICE_CPU).TypeConstraint<T>("T"),              \
+      FusedApplyOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyAdam")                           \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int32>("Tindices"),                        \
+                          FusedSparseApplyAdamOp<T, int32>);                             \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyAdam")                           \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int64_t>("Tindices"),                      \
+                          FusedSparseApplyAdamOp<T, int64_t>);                           \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyRMSProp")                        \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int32>("Tindices"),                        \
+                          FusedSparseApplyRmsOp<T, int32>);                              \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyRMSProp")                        \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int64_t>("Tindices"),                      \
+                          FusedSparseApplyRmsOp<T, int64_t>);
+KO_REGISTER(Eigen::half)
+KO_REGISTER(Eigen::bfloat16)
+KO_REGISTER(float)
+KO_REGISTER(double)
+#undef KO_REGISTER
+
+REGISTER_KERNEL_BUILDER(Name("KerasOptFusedIsa").Device(DEVICE_CPU), FusedIsaOp);
+
+}  // namespace
+}  // namespace tensorflow

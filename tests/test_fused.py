@@ -1,0 +1,343 @@
+"""keras_opt.kernels: fused multi-variable updates equal the per-variable kernels bit for bit.
+
+Differential tests: the same optimizer configuration trains the same variables
+with the fused ops (the default) and with ``fused_kernels=False`` (TensorFlow's
+per-variable ``ResourceApply*`` kernels and composite ops), and every variable
+and slot must be equal with ``np.array_equal`` after several steps: every
+configuration of ``cases.CASES``, float16/bfloat16/float32/float64, shapes
+0-d, size 1, odd sizes and one large tensor, dense and ``IndexedSlices``
+(Adam's exact sparse pass), eagerly and in ``tf.function``. The fallbacks
+(XLA, ``KERAS_OPT_FUSED=0``, a subclass, a constraint, no compiler) must
+give the same numbers too, and `last_paths` must report which path ran.
+MirroredStrategy, the no-compiler install and the lower ISAs run in worker
+processes (tests/workers/fused_worker.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dist_utils
+import keras_opt
+from cases import CASES, case_id
+from keras_opt import kernels
+from keras_opt.kernels import build, dispatch
+
+DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
+SHAPES = [(), (1,), (7,), (5, 3), (1031,)]
+LARGE = (517, 1031)  # 533k elements: many parallel chunks, one tensor spanning them
+STEPS = 3
+HAVE_COMPILER = shutil.which(os.environ.get("CXX") or "g++") is not None
+
+
+def fused_case(name, kwargs) -> bool:
+    """Is this configuration one the fused kernels cover (dense gradients)?"""
+    if name in ("Adamax", "Nadam", "Adadelta"):
+        return False
+    return not (name == "Ftrl" and kwargs.get("learning_rate_power", -0.5) != -0.5)
+
+
+def train(name, kwargs, dtype, fused, *, function, sparse=False, shapes=SHAPES, steps=STEPS,
+          jit=False):
+    rng = np.random.default_rng(5)
+    variables = [
+        tf.Variable(tf.cast(rng.uniform(-1, 1, s), dtype), name=f"v{i}")
+        for i, s in enumerate(shapes)
+    ]
+    opt = getattr(keras_opt, name)(fused_kernels=fused, **kwargs)
+    rows = shapes[-1][0] if shapes[-1] else 1
+    stream = []
+    for step in range(steps):
+        grads = [tf.cast(rng.standard_normal(s), dtype) for s in shapes]
+        if sparse:  # repeated indices; unsorted; one row left out
+            idx = np.array([step % rows, rows - 1, 2, rows - 1, 0], np.int64) % rows
+            grads[-1] = tf.IndexedSlices(
+                tf.cast(rng.standard_normal((len(idx),) + shapes[-1][1:]), dtype),
+                tf.constant(idx),
+                tf.constant(shapes[-1], tf.int64),
+            )
+        stream.append(grads)
+
+    def step_fn(grads):
+        opt.apply_gradients(zip(grads, variables))
+
+    if function:
+        step_fn = tf.function(step_fn, jit_compile=jit or None)
+    for grads in stream:
+        step_fn(grads)
+    state = {"iter": opt.iterations.numpy()}
+    for i, v in enumerate(variables):
+        state[f"v{i}"] = v.numpy()
+        for slot in opt.get_slot_names():
+            state[f"v{i}/{slot}"] = opt.get_slot(v, slot).numpy()
+    return state, kernels.last_paths(opt)
+
+
+def assert_bits_equal(got, want):
+    assert sorted(got) == sorted(want)
+    for key in want:
+        a, b = np.asarray(got[key]), np.asarray(want[key])
+        assert a.dtype == b.dtype and a.shape == b.shape, key
+        # Compare the bits (bfloat16 arrays compare through float64 exactly).
+        np.testing.assert_array_equal(a.astype(np.float64), b.astype(np.float64), err_msg=key)
+
+
+def test_library_builds_and_loads():
+    info = kernels.status()
+    if not HAVE_COMPILER:
+        assert not info["available"] and "compiler" in info["reason"]
+        return
+    assert info["available"], info["reason"]
+    assert info["isa"] in ("sse2", "avx2", "avx512")
+    assert os.path.dirname(info["library"]).startswith(build.cache_root())
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_dense_equals_per_variable(case, dtype, function):
+    name, kwargs = case
+    got, paths = train(name, kwargs, dtype, True, function=function)
+    want, want_paths = train(name, kwargs, dtype, False, function=function)
+    assert_bits_equal(got, want)
+    assert want_paths["fused"] == [] and "fused_kernels=False" in want_paths["reason"]
+    if HAVE_COMPILER and fused_case(name, kwargs):
+        assert len(paths["fused"]) == len(SHAPES) and paths["per_variable"] == [], paths
+    else:
+        assert paths["fused"] == [] and paths["reason"], paths
+
+
+# Adam and RMSprop without momentum have a one-pass sparse op; RMSprop with
+# momentum keeps TF's sparse kernel (the pair takes the per-variable path).
+SPARSE_CASES = [c for c in CASES if c[0] in ("Adam", "RMSprop")]
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=[case_id(c) for c in SPARSE_CASES])
+def test_sparse_equals_composite(case, dtype, function):
+    name, kwargs = case
+    shapes = SHAPES[:-1] + [(6, 3)]
+    if kwargs.get("momentum") and dtype == tf.bfloat16:
+        # TensorFlow has no bfloat16 ResourceSparseApply(Centered)RMSProp kernel:
+        # both paths fail alike (the fused ops do not cover RMSprop with momentum).
+        for fused in (True, False):
+            with pytest.raises((tf.errors.InvalidArgumentError, tf.errors.NotFoundError)):
+                train(name, kwargs, dtype, fused, function=function, sparse=True, shapes=shapes)
+        return
+    got, paths = train(name, kwargs, dtype, True, function=function, sparse=True, shapes=shapes)
+    want, _ = train(name, kwargs, dtype, False, function=function, sparse=True, shapes=shapes)
+    assert_bits_equal(got, want)
+    if HAVE_COMPILER:
+        sparse_fused = not kwargs.get("momentum")
+        assert len(paths["fused"]) == len(shapes) - (not sparse_fused), paths
+
+
+LARGE_CASES = [c for c in CASES if fused_case(*c) and "decay" not in c[1]]
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float32], ids=lambda d: d.name)
+@pytest.mark.parametrize("case", LARGE_CASES, ids=[case_id(c) for c in LARGE_CASES])
+def test_large_tensor_equals_per_variable(case, dtype):
+    name, kwargs = case
+    shapes = [(3,), LARGE, (5,)]
+    got, _ = train(name, kwargs, dtype, True, function=False, shapes=shapes, steps=2)
+    want, _ = train(name, kwargs, dtype, False, function=False, shapes=shapes, steps=2)
+    assert_bits_equal(got, want)
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("RMSprop", dict(centered=True))])
+def test_large_sparse_equals_composite(name, kwargs):
+    shapes = [(3,), (20011, 7)]
+    got, _ = train(name, kwargs, tf.float32, True, function=True, sparse=True, shapes=shapes)
+    want, _ = train(name, kwargs, tf.float32, False, function=True, sparse=True, shapes=shapes)
+    assert_bits_equal(got, want)
+
+
+@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("SGD", dict(momentum=0.9))])
+def test_xla_falls_back_and_equals(name, kwargs):
+    got, paths = train(name, kwargs, tf.float32, True, function=True, jit=True)
+    want, _ = train(name, kwargs, tf.float32, False, function=True, jit=True)
+    assert_bits_equal(got, want)
+    assert paths["fused"] == [] and "XLA" in paths["reason"]
+
+
+def test_env_var_disables(monkeypatch):
+    monkeypatch.setenv("KERAS_OPT_FUSED", "0")
+    got, paths = train("Adam", {}, tf.float32, True, function=False)
+    assert paths["fused"] == [] and "KERAS_OPT_FUSED=0" in paths["reason"]
+    monkeypatch.delenv("KERAS_OPT_FUSED")
+    want, _ = train("Adam", {}, tf.float32, False, function=False)
+    assert_bits_equal(got, want)
+
+
+def test_attribute_switch_and_default():
+    assert keras_opt.Adam().fused_kernels is True
+    opt = keras_opt.Adam(fused_kernels=False)
+    assert opt.fused_kernels is False and "fused_kernels" not in opt.get_config()
+    assert dispatch.last_paths(opt)["reason"] == "not applied yet"
+
+
+def test_subclass_override_falls_back():
+    class MyAdam(keras_opt.Adam):
+        def _resource_apply_dense(self, grad, var, apply_state=None):
+            return super()._resource_apply_dense(grad, var, apply_state)
+
+    var = tf.Variable([1.0, 2.0])
+    opt = MyAdam()
+    opt.apply_gradients([(tf.constant([0.1, 0.2]), var)])
+    paths = kernels.last_paths(opt)
+    assert paths["fused"] == [] and "no fused kernel" in paths["reason"]
+
+
+def test_constraint_and_non_cpu_pairs_take_per_variable_path():
+    plain = tf.Variable([1.0, 2.0], name="plain")
+    constrained = tf.Variable([1.0, 2.0], name="constrained", constraint=lambda x: x * 0.5)
+    opt = keras_opt.SGD(0.1, momentum=0.9)
+    opt.apply_gradients([(tf.constant([0.1, 0.2]), plain), (tf.constant([0.1, 0.2]), constrained)])
+    paths = kernels.last_paths(opt)
+    if HAVE_COMPILER:
+        assert paths["fused"] == ["plain:0"] and paths["per_variable"] == ["constrained:0"]
+        assert "constraint" in paths["reason"]
+    ref = keras_opt.SGD(0.1, momentum=0.9, fused_kernels=False)
+    p2 = tf.Variable([1.0, 2.0])
+    c2 = tf.Variable([1.0, 2.0], constraint=lambda x: x * 0.5)
+    ref.apply_gradients([(tf.constant([0.1, 0.2]), p2), (tf.constant([0.1, 0.2]), c2)])
+    np.testing.assert_array_equal(plain.numpy(), p2.numpy())
+    np.testing.assert_array_equal(constrained.numpy(), c2.numpy())
+
+
+def test_variable_given_twice_is_updated_twice_like_per_variable():
+    results = []
+    for fused in (True, False):
+        twice = tf.Variable([1.0, 2.0], name="twice")
+        once = tf.Variable([3.0, 4.0], name="once")
+        opt = keras_opt.SGD(0.1, momentum=0.9, fused_kernels=fused)
+        g = tf.constant([1.0, 0.5])
+        opt.apply_gradients([(g, twice), (g, once), (g * 2.0, twice)])
+        results.append((twice.numpy(), once.numpy(), kernels.last_paths(opt)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    if HAVE_COMPILER:
+        assert results[0][2]["fused"] == ["once:0"]
+        assert results[0][2]["per_variable"] == ["twice:0", "twice:0"]
+
+
+needs_library = pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler")
+
+
+@needs_library
+def test_op_rejects_a_variable_passed_twice():
+    module = build.load()
+    var = tf.Variable([1.0, 2.0])
+    slot = tf.Variable([0.0, 0.0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
+        module.keras_opt_fused_apply(
+            var=[var.handle, var.handle], slots=[slot.handle, tf.Variable([0.0, 0.0]).handle],
+            grad=[tf.constant([1.0, 1.0])] * 2, coefs=[tf.constant(0.1), tf.constant(0.9)],
+            rule=dispatch.MOMENTUM,
+        )
+    np.testing.assert_array_equal(var.numpy(), [1.0, 2.0])
+
+
+@needs_library
+def test_op_errors_name_the_problem():
+    module = build.load()
+    var = tf.Variable([1.0, 2.0], name="shapevar")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shapevar"):
+        module.keras_opt_fused_apply(var=[var.handle], slots=[], grad=[tf.constant([1.0])],
+                                     coefs=[tf.constant(0.1)], rule=dispatch.SGD)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="indices"):
+        m, v = tf.Variable(tf.zeros([3, 2])), tf.Variable(tf.zeros([3, 2]))
+        w = tf.Variable(tf.zeros([3, 2]))
+        module.keras_opt_fused_sparse_apply_adam(
+            var=w.handle, m=m.handle, v=v.handle, vhat=[], m_scaled=tf.ones([1, 2]),
+            v_scaled=tf.ones([1, 2]), indices=tf.constant([3], tf.int64), beta1=0.9,
+            beta2=0.999, lr=0.1, epsilon=1e-7)
+
+    @tf.function
+    def bad_in_function():
+        module.keras_opt_fused_apply(var=[var.handle], slots=[], grad=[tf.constant([1.0])],
+                                     coefs=[tf.constant(0.1)], rule=dispatch.SGD)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
+        bad_in_function()
+
+
+@needs_library
+def test_copy_on_write_and_copy_on_read():
+    """A value read before the step keeps its value; a copy-on-read variable still updates."""
+    var = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2))
+    ref = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2))
+    before = var.value()  # shares var's buffer until the update copies it
+    var.sparse_read([0])  # puts var in copy-on-read mode
+    ref.sparse_read([0])
+    opt = keras_opt.Adam(0.1)
+    ref_opt = keras_opt.Adam(0.1, fused_kernels=False)
+    grad = tf.constant(np.ones((3, 2), np.float32))
+    for _ in range(2):
+        opt.apply_gradients([(grad, var)])
+        ref_opt.apply_gradients([(grad, ref)])
+    np.testing.assert_array_equal(before.numpy(), np.arange(6).reshape(3, 2))
+    np.testing.assert_array_equal(var.numpy(), ref.numpy())
+    assert kernels.last_paths(opt)["fused"]
+
+
+@needs_library
+def test_one_op_per_device_dtype_group():
+    vars_ = [tf.Variable(tf.zeros([3], d)) for d in (tf.float32, tf.float16, tf.float32)]
+    opt = keras_opt.Adam()
+
+    @tf.function
+    def step():
+        opt.apply_gradients([(tf.ones([3], v.dtype), v) for v in vars_])
+
+    graph = step.get_concrete_function().graph
+    fused = [op for op in graph.get_operations() if op.type == "KerasOptFusedApply"]
+    assert sorted(op.get_attr("T").name for op in fused) == ["float16", "float32"]
+    assert not [op for op in graph.get_operations() if op.type == "ResourceApplyAdam"]
+
+
+# ------------------------------------------------------------------ subprocesses
+def _worker(mode, env=None, timeout_s=240):
+    log = dist_utils.run_worker("fused_worker.py", [mode], timeout_s=timeout_s, env=env)
+    line = [ln for ln in log.splitlines() if ln.startswith("RESULT ")]
+    assert line, log[-3000:]
+    return json.loads(line[-1][len("RESULT "):])
+
+
+@needs_library
+def test_mirrored_strategy_fused_per_replica_equals_per_variable():
+    out = _worker("mirrored")
+    assert out["status"]["available"]
+    for case in out["cases"]:
+        assert case["equal"], case
+        # RMSprop with momentum keeps TF's sparse kernel for the IndexedSlices pair.
+        left = ["v2:0"] if case["sparse"] and case["kwargs"].get("momentum") else []
+        assert case["paths"]["fused"] and case["paths"]["per_variable"] == left, case
+
+
+def test_without_compiler_falls_back(tmp_path):
+    env = {"CXX": str(tmp_path / "no-such-g++"), "KERAS_OPT_KERNEL_CACHE": str(tmp_path / "c")}
+    out = _worker("fallback", env=env)
+    assert not out["status"]["available"] and "compiler" in out["status"]["reason"]
+    for case in out["cases"]:
+        assert case["equal"], case
+        assert case["paths"]["fused"] == [] and "compiler" in case["paths"]["reason"], case
+    assert not os.listdir(tmp_path / "c") if (tmp_path / "c").exists() else True
+
+
+@needs_library
+@pytest.mark.parametrize("isa", ["sse2", "avx2"])
+def test_lower_isa_builds_equal(isa):
+    out = _worker("isa", env={"KERAS_OPT_FUSED_ISA": isa})
+    assert out["status"]["isa"] == isa
+    for case in out["cases"]:
+        assert case["equal"], case
+        assert case["paths"]["fused"], case
