@@ -271,6 +271,8 @@ def test_config_with_features_round_trips(name):
         (dict(use_ema=True, ema_momentum=-0.1), ValueError, "ema_momentum"),
         (dict(ema_momentum="high"), TypeError, "ema_momentum"),
         (dict(use_ema=True, ema_overwrite_frequency=0), ValueError, "ema_overwrite_frequency"),
+        (dict(use_ema=True, ema_overwrite_frequency=2.5), TypeError, "ema_overwrite_frequency"),
+        (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
         (dict(loss_scale_factor=0.0), ValueError, "loss_scale_factor"),
         (dict(loss_scale_factor="2"), TypeError, "loss_scale_factor"),
         (dict(use_ema="yes"), TypeError, "use_ema"),

@@ -206,6 +206,23 @@ def test_third_party_optimizer_side_by_side(builder, sparse, mode):
     assert ko_opt.get_config() == tk_opt.get_config()
 
 
+def test_a_weight_decay_hyperparameter_of_a_subclass_is_its_own():
+    """TFA-style ``_set_hyper("weight_decay", ...)``: the attribute reads and sets it.
+
+    keras_opt's own ``weight_decay`` argument (the base's decay stage) must not
+    shadow it, and the stage stays off, so the subclass decays exactly once.
+    """
+    got = {}
+    for key in ("keras_opt", "tf_keras"):
+        opt = BUILDERS["AdamW"](LIBS[key], CLASSES[key])
+        first = float(tf.convert_to_tensor(opt.weight_decay))
+        opt.weight_decay = 0.02
+        got[key] = (first, float(tf.convert_to_tensor(opt.weight_decay)), opt.get_config())
+    assert got["keras_opt"] == got["tf_keras"]
+    assert got["keras_opt"][:2] == (np.float32(0.01), np.float32(0.02))
+    assert BUILDERS["AdamW"](keras_opt, CLASSES["keras_opt"])._weight_decay is None
+
+
 def test_hyperparameters_keep_their_dtype_like_tf_keras():
     hypers = dict(flag=True, count=3, rate=0.5, double=np.float64(0.25), big=2**40)
     dtypes = {}

@@ -37,7 +37,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_weight_decay(value: Any) -> Any:
+def check_weight_decay(value: Any) -> Any:
     if value is None:
         return None
     if not _is_real(value):
@@ -74,7 +74,12 @@ def _check_ema_momentum(value: Any) -> Any:
 def _check_ema_overwrite_frequency(value: Any) -> Any:
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
+    if not _is_int(value):
+        raise TypeError(
+            "`ema_overwrite_frequency` must be an integer >= 1 or None. Received: "
+            f"ema_overwrite_frequency={value!r} of type {type(value).__name__}."
+        )
+    if value < 1:
         raise ValueError(
             "`ema_overwrite_frequency` must be an integer >= 1 or None. Received: "
             f"ema_overwrite_frequency={value!r}."
@@ -115,7 +120,7 @@ def _check_gradient_accumulation_steps(value: Any) -> Any:
 
 
 _CHECKS = {
-    "weight_decay": _check_weight_decay,
+    "weight_decay": check_weight_decay,
     "use_ema": _check_use_ema,
     "ema_momentum": _check_ema_momentum,
     "ema_overwrite_frequency": _check_ema_overwrite_frequency,
@@ -134,8 +139,8 @@ def pop_feature_arguments(kwargs: dict) -> dict[str, Any]:
 def feature_config(opt: Any) -> dict[str, Any]:
     """The ``get_config`` entries of the features ``opt`` uses (none when it uses none)."""
     config: dict[str, Any] = {}
-    if opt.weight_decay is not None:
-        config["weight_decay"] = opt.weight_decay
+    if opt._weight_decay is not None:
+        config["weight_decay"] = opt._weight_decay
     if opt.use_ema:
         config["use_ema"] = True
         config["ema_momentum"] = opt.ema_momentum

@@ -196,6 +196,24 @@ class OptimizerV2(
         # False: never use keras_opt.kernels' fused multi-variable ops.
         self.fused_kernels = bool(kwargs.pop("fused_kernels", True))
 
+    @property
+    def weight_decay(self):
+        """The weight decay stage's rate (None: the stage is off).
+
+        A subclass that makes ``weight_decay`` a hyperparameter of its own
+        (tf_keras style, e.g. TensorFlow Addons' DecoupledWeightDecayExtension
+        with ``_set_hyper("weight_decay", ...)``) reads and sets that
+        hyperparameter here, as in tf_keras; the base stage stays off for it.
+        """
+        hyper = self.__dict__.get("_hyper")
+        if hyper and "weight_decay" in hyper:
+            return self._get_hyper("weight_decay")
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        self._weight_decay = base_arguments.check_weight_decay(value)
+
     def __deepcopy__(self, memo):
         result = type(self).__new__(type(self))
         memo[id(self)] = result
@@ -472,7 +490,7 @@ class OptimizerV2(
     def _apply_one(self, var, grad, apply_state):
         """Updates one (replica-local) variable: weight decay stage, then the update."""
         decayed = None
-        if self.weight_decay is not None:
+        if self._weight_decay is not None:
             decayed = weight_decay_lib.decay(self, var, grad, apply_state)
         if decayed is None:
             return self._apply_update(var, grad, apply_state)

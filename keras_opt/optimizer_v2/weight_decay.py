@@ -111,7 +111,7 @@ def decay(opt: Any, var: Any, grad: Any, apply_state: Any) -> Any:
         return None
     dtype = var.dtype.base_dtype
     lr = opt._coefficients(var, apply_state)["lr_t"]
-    wd = tf.cast(opt.weight_decay, dtype)
+    wd = tf.cast(opt._weight_decay, dtype)
     if isinstance(grad, tf.IndexedSlices):
         rows, _ = tf.unique(grad.indices)
         values = tf.gather(var, rows) * wd * lr
