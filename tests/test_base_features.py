@@ -814,3 +814,57 @@ def test_unused_features_leave_the_traced_graph_as_it_was():
     assert not ops & {"If", "StatelessIf", "ResourceScatterSub"}
     assert not any("ema" in name or "grad_accum" in name for name, _, _ in plain)
     assert len(opt.weights) == 3
+
+
+# ------------------------------------------------- inside a LossScaleOptimizer
+@pytest.mark.parametrize("mode", ["eager", "tf_function"])
+def test_loss_scale_optimizer_skips_a_micro_step_without_counting_it(mode):
+    """An inf micro-step under accumulation counts nowhere (Keras 3's loss scaler).
+
+    Oracle: the same optimizer, unwrapped, fed only the finite gradients: the
+    dynamic loss scaler (``apply_gradients`` takes unscaled gradients, so its
+    scale does not enter the update) must leave no trace of the skipped call in
+    variables, slots, ``iterations`` or the micro-step count.
+    """
+    grads = [np.array([0.5, -1.0], np.float32), np.array([np.inf, 1.0], np.float32),
+             np.array([0.25, 0.5], np.float32), np.array([1.0, 2.0], np.float32),
+             np.array([-0.5, 0.5], np.float32)]  # fmt: skip
+    finite = [g for g in grads if np.isfinite(g).all()]
+
+    def run(wrapped, stream):
+        var = tf.Variable([1.0, 2.0])
+        inner = keras_opt.Adam(0.1, gradient_accumulation_steps=2, use_ema=True)
+        opt = keras_opt.LossScaleOptimizer(inner, initial_scale=1.0) if wrapped else inner
+
+        def step(g):
+            opt.apply_gradients([(g, var)])
+
+        step = tf.function(step) if mode == "tf_function" else step
+        for g in stream:
+            step(tf.constant(g))
+        return var.numpy(), inner.get_slot(var, "ema").numpy(), inner.get_slot(var, "m").numpy(), \
+            int(inner.iterations.numpy()), int(inner._grad_accum_iter.numpy())  # fmt: skip
+
+    got, want = run(True, grads), run(False, finite)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert want[3:] == (2, 4)
+
+
+def test_loss_scale_optimizer_forwards_the_feature_methods_and_attributes():
+    inner = keras_opt.SGD(0.5, weight_decay=0.1, use_ema=True, ema_momentum=0.5)
+    lso = keras_opt.LossScaleOptimizer(inner, dynamic=False, initial_scale=1.0)
+    kernel, bias = tf.Variable([1.0], name="kernel"), tf.Variable([1.0], name="bias")
+    lso.exclude_from_weight_decay(var_names=["bias"])
+    assert (lso.use_ema, lso.ema_momentum, lso.weight_decay) == (True, 0.5, 0.1)
+    for _ in range(2):
+        lso.apply_gradients([(tf.constant([0.0]), kernel), (tf.constant([0.0]), bias)])
+    # Zero gradients: only weight decay moves the kernel, (1 - 0.1 * 0.5) per step.
+    np.testing.assert_allclose(kernel.numpy(), [0.95**2], rtol=1e-6)
+    np.testing.assert_array_equal(bias.numpy(), [1.0])
+    average = inner.get_slot(kernel, "ema").numpy().copy()
+    with lso.swap_ema_weights([kernel]):
+        np.testing.assert_array_equal(kernel.numpy(), average)
+    np.testing.assert_allclose(kernel.numpy(), [0.95**2], rtol=1e-6)
+    lso.finalize_variable_values([kernel])
+    np.testing.assert_array_equal(kernel.numpy(), average)

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.python.platform import tf_logging as logging
 
 from keras_opt import serialization
+from keras_opt.optimizer_v2 import base_arguments
 from keras_opt.optimizer_v2 import gradients as gradients_lib
 from keras_opt.optimizer_v2 import optimizer_v2
 
@@ -672,7 +673,13 @@ class LossScaleOptimizer(
         )
 
     def _skip_step(self):
-        # The inner apply_gradients (which counts steps) does not run: count here.
+        if getattr(self._optimizer, "gradient_accumulation_steps", None):
+            # With gradient accumulation (a Keras 3 feature) `iterations` counts
+            # applied groups and the micro-step counter the gradients taken: a
+            # skipped micro-step is neither, as in Keras 3's loss scaler.
+            return tf.no_op()
+        # The inner apply_gradients (which counts steps) does not run: count here,
+        # as tf_keras legacy does.
         return self._optimizer.iterations.assign_add(1, read_value=False)
 
     # ------------------------------------------------------------------- config
@@ -789,6 +796,20 @@ class LossScaleOptimizer(
     def _valid_dtypes(self):
         return self._optimizer._valid_dtypes()
 
+    # The Keras 3 base features (weight decay, EMA, accumulation, loss_scale_factor)
+    # are the inner optimizer's: their methods act on it (attributes: see below).
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """The inner optimizer's `exclude_from_weight_decay`."""
+        self._optimizer.exclude_from_weight_decay(var_list=var_list, var_names=var_names)
+
+    def finalize_variable_values(self, var_list) -> None:
+        """The inner optimizer's `finalize_variable_values` (copies EMA averages in)."""
+        self._optimizer.finalize_variable_values(var_list)
+
+    def swap_ema_weights(self, var_list):
+        """The inner optimizer's `swap_ema_weights` context manager."""
+        return self._optimizer.swap_ema_weights(var_list)
+
     def _restore_slot_variable(self, slot_name, variable, slot_variable):
         return self._optimizer._restore_slot_variable(slot_name, variable, slot_variable)
 
@@ -865,3 +886,18 @@ def _from_v1_loss_scale(loss_scale: Any) -> dict:
         f"Unknown loss scale class {kind!r} in a TF <= 2.3 LossScaleOptimizer config; "
         "expected 'FixedLossScale' or 'DynamicLossScale'."
     )
+
+
+def _inner_feature(name: str) -> property:
+    def fget(self):
+        return getattr(self._optimizer, name)
+
+    def fset(self, value):
+        setattr(self._optimizer, name, value)
+
+    return property(fget, fset, doc=f"The inner optimizer's ``{name}``.")
+
+
+for _feature in base_arguments.FEATURE_DEFAULTS:
+    setattr(LossScaleOptimizer, _feature, _inner_feature(_feature))
+del _feature
