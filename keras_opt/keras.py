@@ -36,6 +36,7 @@ import tensorflow as tf
 
 import keras_opt as _ko
 from keras_opt import serialization as _serialization
+from keras_opt.optimizer_v2 import base_arguments as _base_arguments
 from keras_opt.optimizer_v2 import hyperparameters as _hyperparameters
 from keras_opt.optimizer_v2 import optimizer_v2 as _optimizer_v2
 from keras_opt.optimizer_v2 import variables as _variables
@@ -203,12 +204,6 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         base = inner.inner_optimizer if isinstance(inner, _ko.LossScaleOptimizer) else inner
         self.name = base._name
         self.built = False
-        self.weight_decay = None
-        self.use_ema = False
-        self.ema_momentum = 0.99
-        self.ema_overwrite_frequency = None
-        self.loss_scale_factor = None
-        self.gradient_accumulation_steps = None
         self._variables = []
         self._trainable_variables = []
         self._trainable_variables_indices = {}
@@ -234,12 +229,23 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
     def learning_rate(self, value):
         self._keras_opt_optimizer.learning_rate = value
 
-    def _current_learning_rate(self):
+    def _base_optimizer(self) -> _optimizer_v2.OptimizerV2:
+        """The optimizer with the update rule (inside a loss-scale wrapper, its inner one)."""
         inner = self._keras_opt_optimizer
+        return inner.inner_optimizer if isinstance(inner, _ko.LossScaleOptimizer) else inner
+
+    def _current_learning_rate(self):
+        """The rate the next step uses: a schedule at the optimizer's schedule step
+        (``iterations``; with gradient accumulation, the micro-step count)."""
+        inner = self._base_optimizer()
         value = inner._get_hyper("learning_rate")
         if _hyperparameters.is_schedule(value):
-            return value(inner.iterations)
+            return value(inner._schedule_step())
         return value
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """The keras_opt optimizer's `exclude_from_weight_decay`."""
+        self._base_optimizer().exclude_from_weight_decay(var_list=var_list, var_names=var_names)
 
     @property
     def clipnorm(self):
@@ -365,7 +371,8 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         return self.apply([g for g, _ in pairs], [v for _, v in pairs])
 
     def scale_loss(self, loss):
-        return loss
+        """``loss * loss_scale_factor`` of the keras_opt optimizer (Keras 3's fit calls it)."""
+        return self._keras_opt_optimizer.scale_loss(loss)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         raise ValueError(
@@ -374,7 +381,8 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
         )
 
     def finalize_variable_values(self, var_list):
-        return None
+        """Copies the EMA averages into ``var_list`` (Keras 3's fit calls it at the end)."""
+        self._base_optimizer().finalize_variable_values(var_list)
 
     # ------------------------------------------------------------ checkpoints
     def get_slot_names(self) -> list[str]:
@@ -406,6 +414,23 @@ class Optimizer(tf.__internal__.tracking.DelegatingTrackableMixin, keras.optimiz
             f"around keras_opt.{name}; for a tf_keras model use keras_opt.tf_keras.{name}(...) "
             "or keras_opt.tf_keras.wrap(...))>"
         )
+
+
+def _feature_property(name: str) -> property:
+    def fget(self):
+        return getattr(self._base_optimizer(), name)
+
+    def fset(self, value):
+        setattr(self._base_optimizer(), name, value)
+
+    return property(fget, fset, doc=f"The keras_opt optimizer's ``{name}``.")
+
+
+# Keras 3's base-feature attributes (its fit and callbacks read them) are the
+# keras_opt optimizer's.
+for _feature in _base_arguments.FEATURE_DEFAULTS:
+    setattr(Optimizer, _feature, _feature_property(_feature))
+del _feature
 
 
 def _adapter_for(cls: type, inner: _optimizer_v2.OptimizerV2) -> Optimizer:
@@ -554,13 +579,6 @@ class LossScaleOptimizer(Optimizer, _KerasLossScaleOptimizer):
     @property
     def dynamic_growth_steps(self):
         return self._keras_opt_optimizer.dynamic_growth_steps
-
-    def _current_learning_rate(self):
-        inner = self._keras_opt_optimizer.inner_optimizer
-        value = inner._get_hyper("learning_rate")
-        if _hyperparameters.is_schedule(value):
-            return value(inner.iterations)
-        return value
 
     @property
     def variables(self) -> list:

@@ -87,12 +87,17 @@ def fit(model, optimizer, epochs=1, sparse=True, initial_epoch=0, callbacks=None
     )
 
 
-def tape_loop(model, optimizer, epochs=1, sparse=True, lr_per_epoch=None, loss_scale=False):
+def tape_loop(
+    model, optimizer, epochs=1, sparse=True, lr_per_epoch=None, loss_scale=False, keras3=False
+):
     """The custom ``tf.function`` GradientTape loop that ``fit`` must equal.
 
     ``optimizer`` is a keras_opt optimizer; with ``loss_scale`` it is a
     keras_opt LossScaleOptimizer (``get_scaled_loss``, then ``apply`` with the
-    scaled gradients).
+    scaled gradients). With ``keras3`` the loop follows Keras 3's ``fit``
+    contract: the loss goes through ``optimizer.scale_loss`` (the
+    ``loss_scale_factor``) and ``finalize_variable_values`` runs at the end
+    (EMA averages copied into the model).
     """
     x, y = inputs(sparse)
     mse = _mse_for(model)
@@ -103,6 +108,8 @@ def tape_loop(model, optimizer, epochs=1, sparse=True, lr_per_epoch=None, loss_s
             loss = mse(yb, model(xb, training=True))
             if loss_scale:
                 loss = optimizer.get_scaled_loss(loss)
+            elif keras3:
+                loss = optimizer.scale_loss(loss)
         grads = tape.gradient(loss, model.trainable_variables)
         if loss_scale:
             optimizer.apply(grads, model.trainable_variables)
@@ -114,6 +121,8 @@ def tape_loop(model, optimizer, epochs=1, sparse=True, lr_per_epoch=None, loss_s
             optimizer.learning_rate = lr_per_epoch[epoch]
         for i in range(0, N, BATCH):
             step(tf.constant(x[i : i + BATCH]), tf.constant(y[i : i + BATCH]))
+    if keras3:
+        optimizer.finalize_variable_values(model.trainable_variables)
 
 
 def _mse_for(model):

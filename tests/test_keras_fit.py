@@ -55,7 +55,7 @@ def _loop_state(case_index: int, epochs: int = 1) -> dict:
     """State after the custom tape loop (the oracle), computed once per case."""
     ref_model = common.build_model(keras)
     ref_opt = _make(ALL_CASES[case_index])
-    common.tape_loop(ref_model, ref_opt, epochs=epochs)
+    common.tape_loop(ref_model, ref_opt, epochs=epochs, keras3=True)
     return common.state(ref_model, ref_opt)
 
 
@@ -543,3 +543,48 @@ def test_loss_scale_optimizer_saves_and_loads_its_scale(tmp_path):
     for got, want in zip(loaded.optimizer.variables, adapter.variables):
         np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=want.path)
     assert float(loaded.optimizer.loss_scale) == 64.0 and int(loaded.optimizer.iterations) == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(loss_scale_factor=4.0),
+        dict(use_ema=True, ema_momentum=0.5),
+        dict(weight_decay=0.1),
+        dict(weight_decay=0.1, exclude="bias"),
+    ],
+    ids=lambda kw: "-".join(kw),
+)
+def test_base_features_in_fit_equal_keras3_optimizers(kwargs):
+    """Keras 3's fit with keras_opt.keras.SGD(feature) and keras.optimizers.SGD(feature).
+
+    fit calls ``scale_loss`` (loss_scale_factor), ``finalize_variable_values`` at the
+    end (EMA) and the optimizer's ``exclude_from_weight_decay``; plain SGD runs the same
+    float32 arithmetic in both libraries, so the weights agree to rounding.
+    """
+    kwargs = dict(kwargs)
+    exclude = kwargs.pop("exclude", None)
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3)
+    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 3.0
+    weights = []
+    for opt in (kk.SGD(0.1, **kwargs), keras.optimizers.SGD(0.1, **kwargs)):
+        if exclude:
+            opt.exclude_from_weight_decay(var_names=[exclude])
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="ones")])
+        model.compile(optimizer=opt, loss="mse")
+        model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+        assert opt.use_ema == kwargs.get("use_ema", False)
+    for got, want in zip(*weights):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_adapter_learning_rate_is_the_one_the_next_step_uses():
+    """With accumulation, a schedule runs on the micro-step count (as in Keras 3)."""
+    schedule = keras_opt.schedules.ExponentialDecay(1.0, 1, 0.5)
+    adapter = kk.SGD(schedule, gradient_accumulation_steps=2)
+    var = tf.Variable(0.0)
+    for _ in range(4):
+        adapter.apply([tf.constant(1.0)], [var])
+    inner = adapter.keras_opt_optimizer
+    assert float(adapter.learning_rate) == float(inner._decayed_lr(tf.float32)) == 0.5**4
