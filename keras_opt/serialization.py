@@ -174,17 +174,11 @@ def get(identifier: Any, **kwargs) -> _opt.OptimizerV2:
     raise ValueError(f"Could not interpret optimizer identifier: {identifier!r}")
 
 
-# Config keys of tf_keras's and Keras 3's new optimizers that legacy optimizers lack.
-_NEW_OPTIMIZER_KEYS = (
-    "weight_decay",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "jit_compile",
-    "is_legacy_optimizer",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-)
+# Config keys of tf_keras's and Keras 3's new optimizers that keras_opt optimizers
+# do not take. The Keras 3 base features (weight_decay, EMA, loss_scale_factor,
+# gradient_accumulation_steps) are kept: keras_opt has them (tf_keras's
+# conversion drops them, silently changing the training).
+_NEW_OPTIMIZER_KEYS = ("jit_compile", "is_legacy_optimizer")
 
 
 def convert_to_legacy_optimizer(optimizer: Any) -> _opt.OptimizerV2:
@@ -192,9 +186,11 @@ def convert_to_legacy_optimizer(optimizer: Any) -> _opt.OptimizerV2:
 
     As tf_keras's ``convert_to_legacy_optimizer``: the class is looked up by name
     (``Adam`` -> `keras_opt.Adam`), the config is taken over without the keys
-    legacy optimizers do not have (``weight_decay``, EMA, ``jit_compile``, ...);
-    a learning-rate schedule becomes the equivalent keras_opt schedule. Slots
-    and other state are not carried over.
+    keras_opt optimizers do not have (``jit_compile``, ``is_legacy_optimizer``);
+    a learning-rate schedule becomes the equivalent keras_opt schedule. Unlike
+    tf_keras, which drops them, ``weight_decay``, the EMA settings,
+    ``loss_scale_factor`` and ``gradient_accumulation_steps`` are kept (keras_opt
+    optimizers have them). Slots and other state are not carried over.
     """
     if isinstance(optimizer, _opt.OptimizerV2) or not callable(
         getattr(optimizer, "get_config", None)

@@ -203,7 +203,19 @@ def test_convert_to_legacy_optimizer_matches_tf_keras():
     ours = keras_opt.convert_to_legacy_optimizer(new)
     theirs = tk_optimizers.convert_to_legacy_optimizer(new)
     assert type(ours) is keras_opt.Adam
-    assert ours.get_config() == theirs.get_config()
+    # The same, except that keras_opt keeps the weight decay tf_keras drops.
+    assert ours.get_config() == {**theirs.get_config(), "weight_decay": 0.1}
+    assert "weight_decay" not in theirs.get_config()
+    # Keras 3's optimizers: every base feature carried over, the class by name.
+    import keras
+
+    new3 = keras.optimizers.AdamW(0.01, weight_decay=0.2, use_ema=True, ema_momentum=0.9,
+                                  gradient_accumulation_steps=3, loss_scale_factor=2.0)  # fmt: skip
+    ours3 = keras_opt.convert_to_legacy_optimizer(new3)
+    assert type(ours3) is keras_opt.AdamW
+    for key in ("weight_decay", "use_ema", "ema_momentum", "gradient_accumulation_steps",
+                "loss_scale_factor"):  # fmt: skip
+        assert ours3.get_config()[key] == new3.get_config()[key], key
     with pytest.raises(ValueError):
         keras_opt.convert_to_legacy_optimizer(keras_opt.Adam())
     with pytest.raises(ValueError):
