@@ -303,3 +303,20 @@ def test_serialization_keywords_and_errors():
         tf_keras.optimizers.get("adam", bogus=1)  # the same type in tf_keras
     with pytest.raises(ValueError, match="Unknown optimizer"):
         keras_opt.deserialize({"class_name": "NotRegistered", "config": {}})
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf_function"])
+def test_a_fraction_into_an_integer_hyperparameter_raises(mode):
+    """tf_keras truncates 0.5 to 0 in an int32 learning rate; keras_opt says why it can't."""
+    opt = keras_opt.SGD(learning_rate=1)
+    var = tf.Variable([1.0])
+    opt.apply_gradients([(tf.constant([1.0]), var)])
+    assert opt._get_hyper("learning_rate").dtype == tf.int32  # as in tf_keras
+
+    def set_rate():
+        opt.learning_rate = 0.5
+
+    with pytest.raises(TypeError, match="learning_rate.*int32.*learning_rate=1.0"):
+        tf.function(set_rate)() if mode == "tf_function" else set_rate()
+    opt.learning_rate = 2  # an integer still fits
+    assert int(opt._get_hyper("learning_rate").numpy()) == 2

@@ -81,6 +81,24 @@ def uses_momentum(momentum: Any) -> bool:
     return isinstance(momentum, tf.Tensor) or callable(momentum) or momentum > 0
 
 
+def _check_assignable(name: str, variable: Any, value: Any) -> None:
+    """A fractional number cannot go into an integer hyperparameter variable.
+
+    A hyperparameter keeps the dtype of its first value (as in tf_keras), so
+    ``learning_rate=1`` makes an int32 variable; tf_keras then silently
+    truncates a later ``0.5`` to 0. keras_opt says so instead.
+    """
+    dtype = getattr(variable, "dtype", None)
+    if dtype is None or not (dtype.is_integer or dtype.is_bool):
+        return
+    if isinstance(value, numbers.Number) and not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"Hyperparameter `{name}` is a {dtype.name} variable (its first value was an "
+            f"integer), so it cannot hold {value!r}. Give the first value as a float "
+            f"(e.g. {name}=1.0) to make it a float hyperparameter."
+        )
+
+
 class HyperparameterMixin:
     """Hyperparameter methods of OptimizerV2 (state lives in ``self._hyper``)."""
 
@@ -105,6 +123,7 @@ class HyperparameterMixin:
         if name not in self._hyper or is_replaceable(previous) or is_schedule(value):
             self._hyper[name] = value
         else:
+            _check_assignable(name, previous, value)
             # In a TF1 graph this runs the assignment in the default session, like
             # tf_keras's backend.set_value; eagerly and in tf.function it assigns.
             variables_lib.assign_now(previous, value)
