@@ -44,6 +44,8 @@ from typing import Any, Callable
 
 import tensorflow as tf
 
+from keras_opt.optimizer_v2 import variables as variables_lib
+
 SLOT = "grad_accum"
 COUNTER = "grad_accum_iter"
 
@@ -115,15 +117,7 @@ def apply_or_accumulate(
     is_apply_step = tf.equal((opt._grad_accum_iter + 1) % steps, 0)
 
     def per_variable(fn, pairs):
-        ops = []
-        for grad, var in pairs:
-            with distribution.extended.colocate_vars_with(var):
-                ops.extend(
-                    tf.nest.flatten(
-                        distribution.extended.update(var, fn, args=(grad,), group=False)
-                    )
-                )
-        return ops
+        return variables_lib.update_each(distribution, fn, [(v, (g,)) for g, v in pairs])
 
     def apply_step():
         if tf.distribute.in_cross_replica_context():

@@ -78,13 +78,7 @@ def update_averages(opt: Any, distribution: Any, var_list: list) -> list:
                 tf.no_op,
             )
 
-    ops = []
-    for var in var_list:
-        with distribution.extended.colocate_vars_with(var):
-            ops.extend(
-                tf.nest.flatten(distribution.extended.update(var, update_one, group=False))
-            )
-    return ops
+    return variables_lib.update_each(distribution, update_one, [(var, ()) for var in var_list])
 
 
 def _averages(opt: Any, var_list: Iterable[Any]) -> list[tuple[Any, Any]]:

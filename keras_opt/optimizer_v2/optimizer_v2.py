@@ -468,15 +468,13 @@ class OptimizerV2(
         update_ops, grads_and_vars = fused_dispatch.apply_fused(
             self, distribution, grads_and_vars, apply_state
         )
-        for grad, var in grads_and_vars:
-            with distribution.extended.colocate_vars_with(var):
-                scope = "update" if eager_outside else "update_" + var.op.name
-                with _name_scope_in_graph(scope):
-                    update_op = distribution.extended.update(
-                        var, apply_one, args=(grad,), group=False
-                    )
-                    # A flat list: in a TF1 graph `update` returns a tuple per variable.
-                    update_ops.extend(tf.nest.flatten(update_op))
+
+        def scope(var):
+            return _name_scope_in_graph("update" if eager_outside else "update_" + var.op.name)
+
+        update_ops += variables_lib.update_each(
+            distribution, apply_one, [(var, (grad,)) for grad, var in grads_and_vars], scope
+        )
         return update_ops
 
     def _finish_step(self, increment, read_value=True):

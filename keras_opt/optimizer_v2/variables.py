@@ -15,6 +15,7 @@ identical for a variable and every wrapper of it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import weakref
@@ -279,3 +280,19 @@ def assign_now(var: Any, value: Any) -> None:
         _default_session("set variables").run(op)
     else:
         batch_set_value([(var, value)])
+
+
+def update_each(distribution: Any, fn: Callable, var_args: Any, scope: Callable | None = None):
+    """``fn(var, *args)`` for each ``(var, args)``, under ``distribution.extended.update``.
+
+    Each call runs colocated with its variable (once per replica of a mirrored
+    variable), inside ``scope(var)`` if given. Returns the update ops as one
+    flat list (in a TF1 graph `update` returns a tuple per variable).
+    """
+    ops = []
+    for var, args in var_args:
+        with distribution.extended.colocate_vars_with(var):
+            with scope(var) if scope is not None else contextlib.nullcontext():
+                update = distribution.extended.update(var, fn, args=tuple(args), group=False)
+            ops.extend(tf.nest.flatten(update))
+    return ops
