@@ -32,7 +32,15 @@ import tensorflow as tf
 import keras_opt
 from keras_opt.optimizer_v2 import xla
 
-from cases import CASES, case_id, gradient_stream, initial_values, optimizer_state, to_tf_grad
+from cases import (
+    CASES,
+    MODERN_CASES,
+    case_id,
+    gradient_stream,
+    initial_values,
+    optimizer_state,
+    to_tf_grad,
+)
 
 XLA_CASES = CASES + [
     ("NonFusedAdam", dict(learning_rate=0.1)),
@@ -74,8 +82,13 @@ def op_types(concrete_function) -> set:
 
 
 def train(name, kwargs, sparse, dtype, jit_compile, wrap=None):
-    """Runs the gradient stream through one traced step; returns (state, weights, op types)."""
-    opt = getattr(keras_opt, name)(**kwargs)
+    """Runs the gradient stream through one traced step; returns (state, weights, op types).
+
+    The reference is the per-variable raw kernels (tf_keras's): the fused
+    multi-variable ops, which equal them bit for bit (tests/test_fused.py), are
+    switched off so that the traced ops can be checked.
+    """
+    opt = getattr(keras_opt, name)(fused_kernels=False, **kwargs)
     if wrap is not None:
         opt = wrap(opt)
     w0, b0 = initial_values(dtype.as_numpy_dtype)
@@ -137,6 +150,31 @@ def test_xla_matches_raw_kernels(case, sparse, dtype):
     assert not fallbacks & xla_ops, fallbacks & xla_ops
     if sparse and fallbacks - {"ResourceApplyAdamWithAmsgrad"}:
         assert {"ResourceGather", "ResourceScatterUpdate"} <= xla_ops
+
+
+# The modern optimizers and every base-feature stage at once (weight decay, EMA,
+# accumulation's tf.cond, loss_scale_factor, global clipping) under XLA.
+STAGE_CASES = MODERN_CASES + [
+    (
+        "Adam",
+        dict(learning_rate=0.1, weight_decay=0.05, use_ema=True, gradient_accumulation_steps=2,
+             loss_scale_factor=2.0, global_clipnorm=1.0),
+    ),
+    ("Ftrl", dict(learning_rate=0.1, weight_decay=0.05, gradient_accumulation_steps=2)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", STAGE_CASES, ids=case_id)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_xla_modern_optimizers_and_base_features(case, sparse):
+    name, kwargs = case
+    got, _, _ = train(name, kwargs, sparse, tf.float32, jit_compile=True)
+    want, _, _ = train(name, kwargs, sparse, tf.float32, jit_compile=False)
+    assert sorted(got) == sorted(want)
+    assert got.pop("iter") == want.pop("iter")
+    for key in want:
+        assert_close(got[key], want[key], key)
+    assert not np.allclose(want["var0"], initial_values(np.float32)[0])
 
 
 FALLBACK_CASES = [
