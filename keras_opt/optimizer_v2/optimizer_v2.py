@@ -196,24 +196,6 @@ class OptimizerV2(
         # False: never use keras_opt.kernels' fused multi-variable ops.
         self.fused_kernels = bool(kwargs.pop("fused_kernels", True))
 
-    @property
-    def weight_decay(self):
-        """The weight decay stage's rate (None: the stage is off).
-
-        A subclass that makes ``weight_decay`` a hyperparameter of its own
-        (tf_keras style, e.g. TensorFlow Addons' DecoupledWeightDecayExtension
-        with ``_set_hyper("weight_decay", ...)``) reads and sets that
-        hyperparameter here, as in tf_keras; the base stage stays off for it.
-        """
-        hyper = self.__dict__.get("_hyper")
-        if hyper and "weight_decay" in hyper:
-            return self._get_hyper("weight_decay")
-        return self._weight_decay
-
-    @weight_decay.setter
-    def weight_decay(self, value):
-        self._weight_decay = base_arguments.check_weight_decay(value)
-
     def __deepcopy__(self, memo):
         result = type(self).__new__(type(self))
         memo[id(self)] = result
@@ -432,9 +414,7 @@ class OptimizerV2(
 
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         """Applies each gradient under ``distribution.extended.update``."""
-        update_all = functools.partial(
-            self._update_all, distribution, apply_state=apply_state
-        )
+        update_all = functools.partial(self._update_all, distribution, apply_state=apply_state)
         increment = 1
         with _name_scope_in_graph(name or self._name):
             if self.gradient_accumulation_steps:

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 
 import tensorflow as tf
 
+from keras_opt.optimizer_v2 import base_arguments
 from keras_opt.optimizer_v2 import variables as variables_lib
 
 
@@ -43,7 +44,25 @@ def _container(var: Any) -> Any:
 
 
 class WeightDecayMixin:
-    """``exclude_from_weight_decay`` and the per-variable decision of OptimizerV2."""
+    """OptimizerV2's ``weight_decay``, ``exclude_from_weight_decay`` and per-variable choice."""
+
+    @property
+    def weight_decay(self):
+        """The weight decay stage's rate (None: the stage is off).
+
+        A subclass that makes ``weight_decay`` a hyperparameter of its own
+        (tf_keras style, e.g. TensorFlow Addons' DecoupledWeightDecayExtension
+        with ``_set_hyper("weight_decay", ...)``) reads and sets that
+        hyperparameter here, as in tf_keras; the base stage stays off for it.
+        """
+        hyper = self.__dict__.get("_hyper")
+        if hyper and "weight_decay" in hyper:
+            return self._get_hyper("weight_decay")
+        return self._weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        self._weight_decay = base_arguments.check_weight_decay(value)
 
     def exclude_from_weight_decay(
         self, var_list: Iterable[Any] | None = None, var_names: Iterable[str] | None = None
