@@ -343,7 +343,7 @@ def touched_rows_bound_ms(wl: Workload, repeats: int) -> float:
         t0 = time.perf_counter()
         touch().numpy()
         times.append((time.perf_counter() - t0) * 1e3)
-    del arrays
+    arrays.clear()
     gc.collect()
     return statistics.median(times)
 
@@ -430,8 +430,11 @@ def main(argv=None) -> int:
         libs.append("torch_fused")
     global BANDWIDTH_GBS
     BANDWIDTH_GBS = measure_bandwidth_gbs()
-    print(f"# memory bandwidth (numpy copy, 256 MiB, 3 bytes moved per byte copied): "
-          f"{BANDWIDTH_GBS:.1f} GB/s", flush=True)
+    print(
+        f"# memory bandwidth (numpy copy, 256 MiB, 3 bytes moved per byte copied): "
+        f"{BANDWIDTH_GBS:.1f} GB/s",
+        flush=True,
+    )
 
     import keras
     import tf_keras
@@ -455,8 +458,13 @@ def main(argv=None) -> int:
             cell = run_cell(wl, opt_name, libs, repeats, args.verbose, feature)
             bound = bound_ms(wl, opt_name, BANDWIDTH_GBS)
             opt_name = opt_name + (f"+{feature}" if feature else "")
-            row = {"workload": wl_name, "optimizer": opt_name, "repeats": repeats, "libs": cell,
-                   "bound_ms": bound}
+            row = {
+                "workload": wl_name,
+                "optimizer": opt_name,
+                "repeats": repeats,
+                "libs": cell,
+                "bound_ms": bound,
+            }
             results.append(row)
             print(
                 f"#   {wl_name} {opt_name}: "
@@ -518,8 +526,16 @@ def write_json(path: str, results: list[dict]) -> None:
 # ------------------------------------------- fused kernels: bound and torch rows
 BANDWIDTH_GBS = None
 # Per element: slots read + written by each rule (var is read + written, grad read).
-SLOTS = {"adam": 2, "sgd": 1, "adagrad": 1, "rmsprop": 1, "ftrl": 2, "adamw": 2, "lion": 1,
-         "lazy_adam": 2}
+SLOTS = {
+    "adam": 2,
+    "sgd": 1,
+    "adagrad": 1,
+    "rmsprop": 1,
+    "ftrl": 2,
+    "adamw": 2,
+    "lion": 1,
+    "lazy_adam": 2,
+}
 
 
 def measure_bandwidth_gbs() -> float:
@@ -573,8 +589,9 @@ class TorchRunner:
         if opt_name not in self.TORCH_CLASS:
             raise NotImplementedError(f"torch has no {opt_name}")
         torch.set_num_threads(os.cpu_count() or 1)
-        self.params = [torch.nn.Parameter(torch.from_numpy(v.numpy().copy()))
-                       for v in wl.init_values]
+        self.params = [
+            torch.nn.Parameter(torch.from_numpy(v.numpy().copy())) for v in wl.init_values
+        ]
         grads = []
         for g in wl.grads:
             if isinstance(g, tf.IndexedSlices):  # densified, as Keras 3 does
@@ -582,9 +599,12 @@ class TorchRunner:
             grads.append(torch.from_numpy(g.numpy().copy()))
         for p, g in zip(self.params, grads):
             p.grad = g
-        kwargs = {"adam": dict(lr=1e-3, eps=1e-7), "sgd": dict(lr=0.01, momentum=0.9),
-                  "adagrad": dict(lr=1e-3, initial_accumulator_value=0.1, eps=1e-7),
-                  "rmsprop": dict(lr=1e-3, alpha=0.9, eps=1e-7)}[opt_name]
+        kwargs = {
+            "adam": dict(lr=1e-3, eps=1e-7),
+            "sgd": dict(lr=0.01, momentum=0.9),
+            "adagrad": dict(lr=1e-3, initial_accumulator_value=0.1, eps=1e-7),
+            "rmsprop": dict(lr=1e-3, alpha=0.9, eps=1e-7),
+        }[opt_name]
         cls = getattr(torch.optim, self.TORCH_CLASS[opt_name])
         try:
             self.opt = cls(self.params, fused=True, **kwargs)
@@ -620,8 +640,11 @@ def fused_table(results: list[dict], bandwidth_gbs) -> str:
         c = row["libs"]
         bound = row.get("bound_ms")
         fused = c.get("keras_opt")
-        fb = (f"{fused['median_ms'] / bound:.2f}" if bound and fused and fused["status"] == "ok"
-              else "-")
+        fb = (
+            f"{fused['median_ms'] / bound:.2f}"
+            if bound and fused and fused["status"] == "ok"
+            else "-"
+        )
         lines.append(
             f"| {row['workload']} | {row['optimizer']} | {fmt_cell(fused)} "
             f"| {fmt_cell(c.get('keras_opt_pv'))} | {fmt_cell(c.get('tf_keras'))} "

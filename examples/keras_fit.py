@@ -51,11 +51,17 @@ with tempfile.TemporaryDirectory() as tmp:
     model.save(path)
     resumed = keras.models.load_model(path)
 fit(resumed, epochs=2, initial_epoch=1)
-print("optimizer after load_model:", type(resumed.optimizer).__module__, type(resumed.optimizer).__name__)
+print(
+    "optimizer after load_model:",
+    type(resumed.optimizer).__module__,
+    type(resumed.optimizer).__name__,
+)
 
 # 2. two uninterrupted epochs, with wrap() of an existing keras_opt optimizer.
 uninterrupted = build_model()
-uninterrupted.compile(optimizer=keras_opt.keras.wrap(keras_opt.Adam(learning_rate=0.01)), loss="mse")
+uninterrupted.compile(
+    optimizer=keras_opt.keras.wrap(keras_opt.Adam(learning_rate=0.01)), loss="mse"
+)
 fit(uninterrupted, epochs=2)
 
 # 3. the custom loop that fit must equal.
@@ -81,6 +87,9 @@ def max_diff(a: keras.Model, b: keras.Model) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a.get_weights(), b.get_weights()))
 
 
-print(f"saved + loaded + resumed vs uninterrupted fit: max |dw| = {max_diff(resumed, uninterrupted)}")
-print(f"fit vs custom GradientTape loop:               max |dw| = {max_diff(uninterrupted, loop_model)}")
+print(
+    f"saved + loaded + resumed vs uninterrupted fit: max |dw| = {max_diff(resumed, uninterrupted)}"
+)
+loop_diff = max_diff(uninterrupted, loop_model)
+print(f"fit vs custom GradientTape loop:               max |dw| = {loop_diff}")
 print(f"optimizer steps: {int(resumed.optimizer.iterations.numpy())}")

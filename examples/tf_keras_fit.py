@@ -49,16 +49,32 @@ with tempfile.TemporaryDirectory() as tmp:
     model.save(path)
     resumed = tf_keras.models.load_model(path)
 fit(resumed, epochs=2, initial_epoch=1)
-print("optimizer after load_model:", type(resumed.optimizer).__module__, type(resumed.optimizer).__name__)
+print(
+    "optimizer after load_model:",
+    type(resumed.optimizer).__module__,
+    type(resumed.optimizer).__name__,
+)
 
 reference = build_model()
 reference.compile(optimizer=tf_keras.optimizers.legacy.Adam(learning_rate=0.01), loss="mse")
 fit(reference, epochs=2)
 
-diff = max(float(np.max(np.abs(a - b))) for a, b in zip(resumed.get_weights(), reference.get_weights()))
-print(f"keras_opt.tf_keras.Adam (saved, loaded, resumed) vs tf_keras legacy Adam: max |dw| = {diff}")
-print(f"optimizer state equal: {all(np.array_equal(a, b) for a, b in zip(resumed.optimizer.get_weights(), reference.optimizer.get_weights()))}")
+diff = max(
+    float(np.max(np.abs(a - b))) for a, b in zip(resumed.get_weights(), reference.get_weights())
+)
+print(
+    f"keras_opt.tf_keras.Adam (saved, loaded, resumed) vs tf_keras legacy Adam: max |dw| = {diff}"
+)
+state_equal = all(
+    np.array_equal(a, b)
+    for a, b in zip(resumed.optimizer.get_weights(), reference.optimizer.get_weights())
+)
+print(f"optimizer state equal: {state_equal}")
 
 # wrap() turns an existing keras_opt optimizer (a user subclass too) into a tf_keras one.
 wrapped = keras_opt.tf_keras.wrap(keras_opt.SGD(0.1, momentum=0.9))
-print("wrap:", isinstance(wrapped, tf_keras.optimizers.legacy.Optimizer), isinstance(wrapped, keras_opt.SGD))
+print(
+    "wrap:",
+    isinstance(wrapped, tf_keras.optimizers.legacy.Optimizer),
+    isinstance(wrapped, keras_opt.SGD),
+)

@@ -103,7 +103,6 @@ def run(names, kwargs_of, init, batches, full, forward) -> dict[str, float] | No
         print(" | ".join(c.ljust(w) for c, w in zip(cells, widths)), flush=True)
     same = [n for n, d in diffs.items() if d == 0.0]
     print(
-        f"\nmodel.fit equals the custom loop bit-for-bit for {len(same)}/{len(diffs)} "
-        "optimizers\n"
+        f"\nmodel.fit equals the custom loop bit-for-bit for {len(same)}/{len(diffs)} optimizers\n"
     )
     return diffs

@@ -95,7 +95,8 @@ def _check_keras_opt(optimizer: Any, what: str) -> _optimizer_v2.OptimizerV2:
         hint = (
             " A Keras 3 optimizer goes to compile directly; a tf_keras optimizer works "
             "with tf_keras models only."
-            if isinstance(optimizer, keras.optimizers.Optimizer) or _is_tf_keras_optimizer(optimizer)
+            if isinstance(optimizer, keras.optimizers.Optimizer)
+            or _is_tf_keras_optimizer(optimizer)
             else ""
         )
         raise TypeError(
@@ -473,7 +474,6 @@ def _custom_objects(config: dict, custom_objects: dict | None) -> dict:
             if found is not None:
                 objects[name] = found
     return objects
-
 
 
 def _make_adapter_class(name: str, inner_cls: type) -> type:

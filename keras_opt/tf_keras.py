@@ -59,7 +59,6 @@ class _TfKerasMixin:
         )
 
 
-
 def _make_class(name: str, base: type) -> type:
     cls = type(
         name,
@@ -103,7 +102,9 @@ class LossScaleOptimizer(
     legacy's. ``inner_optimizer`` is made a keras_opt.tf_keras optimizer (`wrap`).
     """
 
-    def __init__(self, inner_optimizer, dynamic=True, initial_scale=None, dynamic_growth_steps=None):
+    def __init__(
+        self, inner_optimizer, dynamic=True, initial_scale=None, dynamic_growth_steps=None
+    ):
         if isinstance(inner_optimizer, _optimizer_v2.OptimizerV2) and not isinstance(
             inner_optimizer, _ko.LossScaleOptimizer
         ):

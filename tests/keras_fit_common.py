@@ -31,8 +31,13 @@ def save_cases(cases):
     """
     seen, out = set(), []
     for name, kwargs in cases:
-        key = (name, bool(kwargs.get("momentum")), kwargs.get("amsgrad", False),
-               kwargs.get("centered", False), "l2_shrinkage_regularization_strength" in kwargs)
+        key = (
+            name,
+            bool(kwargs.get("momentum")),
+            kwargs.get("amsgrad", False),
+            kwargs.get("centered", False),
+            "l2_shrinkage_regularization_strength" in kwargs,
+        )
         if key not in seen:
             seen.add(key)
             out.append((name, kwargs))

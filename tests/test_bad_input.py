@@ -235,7 +235,8 @@ API_CASES = {
     ),
     "set_weights_wrong_length": (lambda lib: _set_weights(lib, [np.int64(1)]), ["eager"]),
     "set_weights_wrong_shape": (
-        lambda lib: _set_weights(lib, [np.int64(1), np.zeros(3, np.float32)]), ["eager"]
+        lambda lib: _set_weights(lib, [np.int64(1), np.zeros(3, np.float32)]),
+        ["eager"],
     ),
     "iterations_set_after_creation": (_set_iterations_late, ["eager"]),
     "constraint_with_sparse_gradient": (_sparse_with_constraint, ["eager", "tf_function"]),

@@ -41,8 +41,7 @@ KERAS3_SHARED = [
 
 def _ids(cases):
     return [
-        n + "".join(f"-{k}={v}" for k, v in kw.items() if k != "learning_rate")
-        for n, kw in cases
+        n + "".join(f"-{k}={v}" for k, v in kw.items() if k != "learning_rate") for n, kw in cases
     ]
 
 
@@ -171,8 +170,14 @@ def test_exclude_by_name_and_after_first_step_like_keras3(mode):
             opt.exclude_from_weight_decay(var_names=["v1"])
             oracle.exclude_from_weight_decay(var_names=["v1"])
 
-    side_by_side("SGD", dict(learning_rate=0.1), dict(weight_decay=0.2), mode, on_step=on_step,
-                 check_bitwise=True)
+    side_by_side(
+        "SGD",
+        dict(learning_rate=0.1),
+        dict(weight_decay=0.2),
+        mode,
+        on_step=on_step,
+        check_bitwise=True,
+    )
 
 
 def test_exclude_takes_effect_eagerly_and_replaces_previous():
@@ -205,7 +210,8 @@ def test_weight_decay_sparse_decays_only_rows_seen(name, mode):
     reference = getattr(keras_opt, name)(learning_rate=0.1)
     ref_var = tf.Variable(init.astype(np.float64))
     grad = tf.IndexedSlices(
-        tf.constant([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]), tf.constant([2, 0, 2]),
+        tf.constant([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]),
+        tf.constant([2, 0, 2]),
         tf.constant([4, 3], tf.int64),
     )
     step = _make_step(opt, [var], mode)
@@ -359,8 +365,9 @@ def test_ema_matches_keras3(case, frequency, mode):
 @pytest.mark.parametrize("case", KERAS3_SHARED, ids=_ids(KERAS3_SHARED))
 def test_accumulation_matches_keras3(case, steps_k, mode):
     name, kwargs = case
-    opt, _, _, _ = side_by_side(name, kwargs, dict(gradient_accumulation_steps=steps_k), mode,
-                                steps=2 * steps_k + 1)
+    opt, _, _, _ = side_by_side(
+        name, kwargs, dict(gradient_accumulation_steps=steps_k), mode, steps=2 * steps_k + 1
+    )
     assert int(opt._grad_accum_iter.numpy()) == 2 * steps_k + 1
 
 
@@ -385,8 +392,14 @@ def test_accumulation_with_schedule_sees_micro_steps_like_keras3(mode):
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
 def test_accumulation_sgd_bitwise(mode):
-    side_by_side("SGD", dict(learning_rate=0.1, momentum=0.9), dict(gradient_accumulation_steps=3),
-                 mode, steps=7, check_bitwise=True)
+    side_by_side(
+        "SGD",
+        dict(learning_rate=0.1, momentum=0.9),
+        dict(gradient_accumulation_steps=3),
+        mode,
+        steps=7,
+        check_bitwise=True,
+    )
 
 
 @pytest.mark.parametrize("mode", ["eager", "function"])
@@ -438,6 +451,7 @@ def test_no_retrace_and_unused_features_add_no_variables():
     @tf.function
     def step(g):
         opt.apply_gradients([(g, var2)])
+
     for i in range(5):
         step(tf.fill((2, 2), float(i)))
     assert step.experimental_get_tracing_count() == 1
@@ -715,7 +729,7 @@ def test_mirrored_swap_and_finalize(mirrored_results, key):
     meta, arrays = mirrored_results
     dist_utils.worker_result(meta, key)
     for i in range(2):
-        get = lambda what: arrays[f"{key}/swap/{i}/{what}"]  # noqa: E731
+        get = lambda what, i=i: arrays[f"{key}/swap/{i}/{what}"]  # noqa: E731
         np.testing.assert_array_equal(get("inside"), get("averages"))
         np.testing.assert_array_equal(get("after"), get("before"))
         np.testing.assert_array_equal(get("after_avg"), get("averages"))
@@ -741,7 +755,10 @@ def test_sigkill_mid_accumulation_and_resume_equals_uninterrupted(tmp_path):
         args = ["--dir", str(tmp_path / run_dir), "--out", str(tmp_path / f"{name}.npz")]
         return subprocess.run(
             [sys.executable, "-u", script, *args, *flags, *extra],
-            env=env, capture_output=True, text=True, timeout=150,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
         )
 
     full = run("full", "full_run")

@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import dist_utils
 import keras_opt
-from cases import CASES, case_id
 from keras_opt import kernels
 from keras_opt.kernels import build, dispatch
+
+import dist_utils
+from cases import CASES, case_id
 
 DTYPES = [tf.float16, tf.bfloat16, tf.float32, tf.float64]
 SHAPES = [(), (1,), (7,), (5, 3), (1031,)]
@@ -43,8 +44,9 @@ def fused_case(name, kwargs) -> bool:
     return not (name == "Ftrl" and kwargs.get("learning_rate_power", -0.5) != -0.5)
 
 
-def train(name, kwargs, dtype, fused, *, function, sparse=False, shapes=SHAPES, steps=STEPS,
-          jit=False):
+def train(
+    name, kwargs, dtype, fused, *, function, sparse=False, shapes=SHAPES, steps=STEPS, jit=False
+):
     rng = np.random.default_rng(5)
     variables = [
         tf.Variable(tf.cast(rng.uniform(-1, 1, s), dtype), name=f"v{i}")
@@ -239,8 +241,10 @@ def test_op_rejects_a_variable_passed_twice():
     slot = tf.Variable([0.0, 0.0])
     with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
         module.keras_opt_fused_apply(
-            var=[var.handle, var.handle], slots=[slot.handle, tf.Variable([0.0, 0.0]).handle],
-            grad=[tf.constant([1.0, 1.0])] * 2, coefs=[tf.constant(0.1), tf.constant(0.9)],
+            var=[var.handle, var.handle],
+            slots=[slot.handle, tf.Variable([0.0, 0.0]).handle],
+            grad=[tf.constant([1.0, 1.0])] * 2,
+            coefs=[tf.constant(0.1), tf.constant(0.9)],
             rule=dispatch.MOMENTUM,
         )
     np.testing.assert_array_equal(var.numpy(), [1.0, 2.0])
@@ -251,20 +255,39 @@ def test_op_errors_name_the_problem():
     module = build.load()
     var = tf.Variable([1.0, 2.0], name="shapevar")
     with pytest.raises(tf.errors.InvalidArgumentError, match="shapevar"):
-        module.keras_opt_fused_apply(var=[var.handle], slots=[], grad=[tf.constant([1.0])],
-                                     coefs=[tf.constant(0.1)], rule=dispatch.SGD)
+        module.keras_opt_fused_apply(
+            var=[var.handle],
+            slots=[],
+            grad=[tf.constant([1.0])],
+            coefs=[tf.constant(0.1)],
+            rule=dispatch.SGD,
+        )
     with pytest.raises(tf.errors.InvalidArgumentError, match="indices"):
         m, v = tf.Variable(tf.zeros([3, 2])), tf.Variable(tf.zeros([3, 2]))
         w = tf.Variable(tf.zeros([3, 2]))
         module.keras_opt_fused_sparse_apply_adam(
-            var=w.handle, m=m.handle, v=v.handle, vhat=[], m_scaled=tf.ones([1, 2]),
-            v_scaled=tf.ones([1, 2]), indices=tf.constant([3], tf.int64), beta1=0.9,
-            beta2=0.999, lr=0.1, epsilon=1e-7)
+            var=w.handle,
+            m=m.handle,
+            v=v.handle,
+            vhat=[],
+            m_scaled=tf.ones([1, 2]),
+            v_scaled=tf.ones([1, 2]),
+            indices=tf.constant([3], tf.int64),
+            beta1=0.9,
+            beta2=0.999,
+            lr=0.1,
+            epsilon=1e-7,
+        )
 
     @tf.function
     def bad_in_function():
-        module.keras_opt_fused_apply(var=[var.handle], slots=[], grad=[tf.constant([1.0])],
-                                     coefs=[tf.constant(0.1)], rule=dispatch.SGD)
+        module.keras_opt_fused_apply(
+            var=[var.handle],
+            slots=[],
+            grad=[tf.constant([1.0])],
+            coefs=[tf.constant(0.1)],
+            rule=dispatch.SGD,
+        )
 
     with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
         bad_in_function()
@@ -309,7 +332,7 @@ def _worker(mode, env=None, timeout_s=240):
     log = dist_utils.run_worker("fused_worker.py", [mode], timeout_s=timeout_s, env=env)
     line = [ln for ln in log.splitlines() if ln.startswith("RESULT ")]
     assert line, log[-3000:]
-    return json.loads(line[-1][len("RESULT "):])
+    return json.loads(line[-1][len("RESULT ") :])
 
 
 @needs_library

@@ -15,14 +15,15 @@ import subprocess
 import sys
 
 import keras
+import keras_fit_common as common
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import dist_utils
-import keras_fit_common as common
 import keras_opt
 import keras_opt.keras as kk
+
+import dist_utils
 from cases import CASES, MODERN_CASES, case_id
 
 # The Keras 3 base features through the adapter: every stage at once, on a classic
@@ -45,12 +46,13 @@ FEATURE_CASES = [
 ]
 ALL_CASES = CASES + MODERN_CASES + FEATURE_CASES
 
+
 def _make(case):
     name, kwargs = case
     return getattr(keras_opt, name)(**kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loop_state(case_index: int, epochs: int = 1) -> dict:
     """State after the custom tape loop (the oracle), computed once per case."""
     ref_model = common.build_model(keras)
@@ -138,7 +140,10 @@ class _SignSGD(keras_opt.Optimizer):
         return var.scatter_sub(tf.IndexedSlices(lr * tf.sign(grad), indices))
 
     def get_config(self):
-        return {**super().get_config(), "learning_rate": self._serialize_hyperparameter("learning_rate")}
+        return {
+            **super().get_config(),
+            "learning_rate": self._serialize_hyperparameter("learning_rate"),
+        }
 
 
 def test_wrap_of_a_user_subclass_trains_like_the_tape_loop(tmp_path):
@@ -279,7 +284,9 @@ def test_variables_are_listed_in_a_fixed_order_with_unique_paths():
     assert len(set(paths)) == len(paths)
     hypers = ["beta_1", "beta_2", "decay", "learning_rate"]
     slots = [f"{v.path}/{s}" for v in model.trainable_variables for s in ("m", "v")]
-    assert paths == ["Adam/iteration"] + [f"Adam/{h}" for h in hypers] + [f"Adam/{s}" for s in slots]
+    assert paths == ["Adam/iteration"] + [f"Adam/{h}" for h in hypers] + [
+        f"Adam/{s}" for s in slots
+    ]
     inner = adapter.keras_opt_optimizer
     assert adapter.variables[0].value is inner.iterations
     assert adapter.variables[-1].value is inner.get_slot(model.trainable_variables[-1], "v")
@@ -305,7 +312,9 @@ def test_learning_rate_scheduler_and_reduce_on_plateau_change_the_lr_used(tmp_pa
     # ReduceLROnPlateau: min_delta so large that every epoch is a plateau.
     model = common.build_model(keras)
     adapter = kk.Adam(0.1)
-    reduce = keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
+    reduce = keras.callbacks.ReduceLROnPlateau(
+        monitor="loss", factor=0.5, patience=0, min_delta=1e9
+    )
     common.fit(model, adapter, epochs=3, callbacks=[reduce], jit_compile=False)
     ref = common.build_model(keras)
     ref_opt = keras_opt.Adam(0.1)
@@ -327,7 +336,10 @@ class _StopAt(keras.callbacks.Callback):
 
 def test_backup_and_restore_keeps_lr_and_state(tmp_path):
     lrs = [0.1, 0.05, 0.025]
-    sched = lambda: keras.callbacks.LearningRateScheduler(lambda e, lr: lrs[e] if e != 2 else lr * 0.5)  # noqa: E731
+
+    def sched():
+        return keras.callbacks.LearningRateScheduler(lambda e, lr: lrs[e] if e != 2 else lr * 0.5)
+
     backup_dir = str(tmp_path / "backup")
     model = common.build_model(keras)
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -365,7 +377,9 @@ def test_tensorboard_collects_the_learning_rate(tmp_path):
 
 
 def test_tensorboard_logs_the_learning_rate(tmp_path):
-    pytest.importorskip("tensorboard", reason="keras.callbacks.TensorBoard writes through tensorboard")
+    pytest.importorskip(
+        "tensorboard", reason="keras.callbacks.TensorBoard writes through tensorboard"
+    )
     model = common.build_model(keras)
     logdir = str(tmp_path / "tb")
     common.fit(
@@ -570,7 +584,9 @@ def test_base_features_in_fit_equal_keras3_optimizers(kwargs):
     for opt in (kk.SGD(0.1, **kwargs), keras.optimizers.SGD(0.1, **kwargs)):
         if exclude:
             opt.exclude_from_weight_decay(var_names=[exclude])
-        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="ones")])
+        model = keras.Sequential(
+            [keras.Input((3,)), keras.layers.Dense(1, kernel_initializer="ones")]
+        )
         model.compile(optimizer=opt, loss="mse")
         model.fit(x, y, batch_size=4, epochs=3, shuffle=False, verbose=0)
         weights.append(model.get_weights())

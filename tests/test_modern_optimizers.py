@@ -276,8 +276,12 @@ SPARSE_ROWS = [np.array([0, 2, 2, 3]), np.array([1, 3, 0, 1]), np.array([3, 3, 3
 def sparse_gradient(values: np.ndarray, step: int, dtype):
     indices = SPARSE_ROWS[step % len(SPARSE_ROWS)] % values.shape[0]
     rows = np.random.default_rng(step).standard_normal((len(indices),) + values.shape[1:])
-    return indices, rows, tf.IndexedSlices(
-        tf.constant(rows, dtype), tf.constant(indices), tf.constant(values.shape, tf.int64)
+    return (
+        indices,
+        rows,
+        tf.IndexedSlices(
+            tf.constant(rows, dtype), tf.constant(indices), tf.constant(values.shape, tf.int64)
+        ),
     )
 
 
@@ -368,7 +372,9 @@ def test_rows_only_sparse_update(case):
         # kernel (m += (g - m)(1 - beta_1)), the sparse one TFA's form
         # (beta_1 m + (1 - beta_1) g): a float32 rounding or two apart.
         np.testing.assert_allclose(
-            sp_after[key][seen], dense_after[key][seen], rtol=0 if name == "Lion" else 1e-6,
+            sp_after[key][seen],
+            dense_after[key][seen],
+            rtol=0 if name == "Lion" else 1e-6,
             err_msg=key,
         )
         np.testing.assert_array_equal(sp_after[key][unseen], sp_before[key][unseen], err_msg=key)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 
+import keras_fit_common as common
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
 
-import dist_utils
-import keras_fit_common as common
 import keras_opt
 import keras_opt.tf_keras as tk
+
+import dist_utils
 from cases import CASES, MODERN_CASES, case_id
 
 legacy = tf_keras.optimizers.legacy
@@ -132,7 +133,10 @@ class _SignSGD(keras_opt.Optimizer):
         return var.scatter_sub(tf.IndexedSlices(lr * tf.sign(grad), indices))
 
     def get_config(self):
-        return {**super().get_config(), "learning_rate": self._serialize_hyperparameter("learning_rate")}
+        return {
+            **super().get_config(),
+            "learning_rate": self._serialize_hyperparameter("learning_rate"),
+        }
 
 
 def test_wrap_of_a_user_subclass_trains_like_a_tape_loop():
@@ -154,7 +158,10 @@ def test_registered_names():
     assert type(tf_keras.optimizers.get("keras_opt>Ftrl")) is tk.Ftrl
     config = tf_keras.optimizers.serialize(tk.RMSprop(0.3, centered=True))
     back = tf_keras.optimizers.deserialize(config)
-    assert type(back) is tk.RMSprop and back.get_config() == tk.RMSprop(0.3, centered=True).get_config()
+    assert (
+        type(back) is tk.RMSprop
+        and back.get_config() == tk.RMSprop(0.3, centered=True).get_config()
+    )
 
 
 def test_h5_save_after_one_epoch_resumes_in_a_fresh_process(tmp_path):
@@ -167,7 +174,9 @@ def test_h5_save_after_one_epoch_resumes_in_a_fresh_process(tmp_path):
         uninterrupted = common.build_model(tf_keras)
         common.fit(uninterrupted, _pair(case)[1], epochs=2)  # tf_keras legacy, in one go
         want[i] = common.state(uninterrupted, uninterrupted.optimizer)
-    dist_utils.run_worker("keras_fit_worker.py", ["resume", "tf_keras", str(tmp_path)], timeout_s=240)
+    dist_utils.run_worker(
+        "keras_fit_worker.py", ["resume", "tf_keras", str(tmp_path)], timeout_s=240
+    )
     for i, case in enumerate(cases):
         got = dict(np.load(tmp_path / f"c{i:02d}.npz"))
         assert str(got.pop("optimizer_class")) == f"keras_opt.tf_keras.{case[0]}"
@@ -197,7 +206,9 @@ def test_other_formats_behave_as_tf_keras_legacy(tmp_path, fmt):
     for opt in _pair(("Adam", dict(learning_rate=0.1))):
         model = common.build_model(tf_keras)
         common.fit(model, opt)
-        path = str(tmp_path / f"{type(opt).__module__.split('.')[0]}") + (".keras" if fmt == "keras" else "")
+        path = str(tmp_path / f"{type(opt).__module__.split('.')[0]}") + (
+            ".keras" if fmt == "keras" else ""
+        )
         model.save(path) if fmt == "keras" else model.save(path, save_format="tf")
         loaded = tf_keras.models.load_model(path)
         common.fit(loaded, None, epochs=2, initial_epoch=1)
@@ -217,7 +228,9 @@ def test_learning_rate_scheduler_changes_the_lr_used_and_survives_save(tmp_path)
     common.assert_same(*states)
     path = str(tmp_path / "m.h5")
     model.save(path)
-    assert float(tf_keras.models.load_model(path).optimizer.learning_rate.numpy()) == np.float32(0.025)
+    assert float(tf_keras.models.load_model(path).optimizer.learning_rate.numpy()) == np.float32(
+        0.025
+    )
 
 
 def test_backup_and_restore_resumes_like_tf_keras_legacy(tmp_path):
@@ -231,7 +244,12 @@ def test_backup_and_restore_resumes_like_tf_keras_legacy(tmp_path):
         backup = tf_keras.callbacks.BackupAndRestore(str(tmp_path / lib_name))
         scheduler = tf_keras.callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1))
         with pytest.raises(RuntimeError, match="interrupted"):
-            common.fit(common.build_model(tf_keras), opt_fn(), epochs=3, callbacks=[scheduler, backup, StopAt()])
+            common.fit(
+                common.build_model(tf_keras),
+                opt_fn(),
+                epochs=3,
+                callbacks=[scheduler, backup, StopAt()],
+            )
         model = common.build_model(tf_keras, seed=9)
         common.fit(model, opt_fn(), epochs=3, callbacks=[scheduler, backup])
         states.append(common.state(model, model.optimizer))
@@ -248,7 +266,9 @@ def test_mirrored_strategy_equals_tf_keras_legacy(tmp_path):
     dist_utils.run_worker("keras_fit_worker.py", ["tf_keras_mirrored", out], timeout_s=240)
     got = np.load(out)
     for name, _ in common.MIRRORED_CASES:
-        np.testing.assert_array_equal(got[f"{name}/keras_opt"], got[f"{name}/tf_keras"], err_msg=name)
+        np.testing.assert_array_equal(
+            got[f"{name}/keras_opt"], got[f"{name}/tf_keras"], err_msg=name
+        )
         assert got[f"{name}/keras_opt/iter"] == 2 * common.N // common.BATCH
 
 

@@ -226,7 +226,7 @@ def test_a_weight_decay_hyperparameter_of_a_subclass_is_its_own():
 def test_hyperparameters_keep_their_dtype_like_tf_keras():
     hypers = dict(flag=True, count=3, rate=0.5, double=np.float64(0.25), big=2**40)
     dtypes = {}
-    for key, lib in LIBS.items():
+    for key in LIBS:
         opt = CLASSES[key]["WarmupSignSGD"]()
         for name, value in hypers.items():
             opt._set_hyper(name, value)
@@ -266,7 +266,7 @@ def test_registered_custom_optimizer_round_trips_through_serialize(framework):
     )
     package = f"third_party_{framework}"
     classes = {}
-    for key, lib in LIBS.items():
+    for key in LIBS:
         base = CLASSES[key]["AdamW"]
         # One registered name per library: both registries map a name to one class.
         classes[key] = register(package=f"{package}_{key}")(

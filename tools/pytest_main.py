@@ -3,6 +3,7 @@
 The path arrives as a runfiles-relative path ($(rootpath ...)); Bazel starts the
 test in the workspace's runfiles directory, but resolve it explicitly anyway.
 """
+
 import os
 import sys
 

@@ -134,17 +134,39 @@ def _compile(cxx: str, out_path: str) -> None:
         objs = []
         for isa, flags in _ISA_FLAGS.items():
             obj = os.path.join(tmp, f"math_{isa}.o")
-            cmd = [cxx, *_COMMON_FLAGS, *flags, f"-DKO_ISA={isa}", "-c",
-                   os.path.join(src, "fused_math.cc"), "-o", obj]
+            cmd = [
+                cxx,
+                *_COMMON_FLAGS,
+                *flags,
+                f"-DKO_ISA={isa}",
+                "-c",
+                os.path.join(src, "fused_math.cc"),
+                "-o",
+                obj,
+            ]
             jobs.append(cmd)
             objs.append(obj)
         ops_obj = os.path.join(tmp, "ops.o")
-        jobs.append([cxx, *tf_cflags, "-O2", "-fPIC", "-ffp-contract=off",
-                     "-Wno-deprecated-declarations", f"-I{src}", "-c",
-                     os.path.join(src, "fused_ops.cc"), "-o", ops_obj])
+        jobs.append(
+            [
+                cxx,
+                *tf_cflags,
+                "-O2",
+                "-fPIC",
+                "-ffp-contract=off",
+                "-Wno-deprecated-declarations",
+                f"-I{src}",
+                "-c",
+                os.path.join(src, "fused_ops.cc"),
+                "-o",
+                ops_obj,
+            ]
+        )
         objs.append(ops_obj)
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for cmd in jobs]
+        procs = [
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for cmd in jobs
+        ]
         errors = []
         for cmd, proc in zip(jobs, procs):
             _, err = proc.communicate()
@@ -195,8 +217,11 @@ def load():
 
                 path = library_path()
                 module = tf.load_op_library(path)
-                for op in ("keras_opt_fused_apply", "keras_opt_fused_sparse_apply_adam",
-                           "keras_opt_fused_sparse_apply_rms_prop"):
+                for op in (
+                    "keras_opt_fused_apply",
+                    "keras_opt_fused_sparse_apply_adam",
+                    "keras_opt_fused_sparse_apply_rms_prop",
+                ):
                     if not hasattr(module, op):
                         raise BuildError(f"{path} has no op {op}")
             except Exception as exc:  # noqa: BLE001 - any failure means: fall back
@@ -232,8 +257,12 @@ def status() -> dict:
 
         with tf.init_scope():
             isa = module.keras_opt_fused_isa().numpy().decode()
-    return {"available": module is not None, "reason": _state.get("reason"),
-            "library": _state.get("path"), "isa": isa}
+    return {
+        "available": module is not None,
+        "reason": _state.get("reason"),
+        "library": _state.get("path"),
+        "isa": isa,
+    }
 
 
 def reset_for_tests() -> None:

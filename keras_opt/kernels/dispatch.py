@@ -66,14 +66,26 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
         if not opt._fused:
             return None, "NonFusedAdam"
         slots = ("m", "v", "vhat") if opt.amsgrad else ("m", "v")
-        sparse_ok = "adam" if _not_overridden(
-            opt, adam.Adam, ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices")
-        ) else None
+        sparse_ok = (
+            "adam"
+            if _not_overridden(
+                opt,
+                adam.Adam,
+                ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices"),
+            )
+            else None
+        )
         return Rule(
             ADAM_AMSGRAD if opt.amsgrad else ADAM,
             slots,
-            lambda c: [c["beta_1_power"], c["beta_2_power"], c["lr_t"], c["beta_1_t"],
-                       c["beta_2_t"], c["epsilon"]],
+            lambda c: [
+                c["beta_1_power"],
+                c["beta_2_power"],
+                c["lr_t"],
+                c["beta_1_t"],
+                c["beta_2_t"],
+                c["epsilon"],
+            ],
             sparse_ok,
         ), None
     if isinstance(opt, gradient_descent.SGD) and _not_overridden(
@@ -81,13 +93,16 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
     ):
         if not opt._momentum:
             return Rule(SGD, (), lambda c: [c["lr_t"]], None), None
-        return Rule(NESTEROV if opt.nesterov else MOMENTUM, ("momentum",),
-                    lambda c: [c["lr_t"], c["momentum"]], None), None
+        return Rule(
+            NESTEROV if opt.nesterov else MOMENTUM,
+            ("momentum",),
+            lambda c: [c["lr_t"], c["momentum"]],
+            None,
+        ), None
     if isinstance(opt, adagrad.Adagrad) and _not_overridden(
         opt, adagrad.Adagrad, ("_resource_apply_dense", "_prepare_local")
     ):
-        return Rule(ADAGRAD_V2, ("accumulator",), lambda c: [c["lr_t"], c["epsilon"]],
-                    None), None
+        return Rule(ADAGRAD_V2, ("accumulator",), lambda c: [c["lr_t"], c["epsilon"]], None), None
     if isinstance(opt, rmsprop.RMSprop) and _not_overridden(
         opt, rmsprop.RMSprop, ("_resource_apply_dense", "_prepare_local")
     ):
@@ -99,7 +114,8 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
                 None,
             ), None
         sparse_ok = _not_overridden(
-            opt, rmsprop.RMSprop,
+            opt,
+            rmsprop.RMSprop,
             ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices"),
         )
         return Rule(
@@ -126,8 +142,7 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
                 out.append(c["l2_shrinkage_regularization_strength"])
             return out
 
-        return Rule(FTRL_V2 if shrink else FTRL, ("accumulator", "linear"), ftrl_coefs,
-                    None), None
+        return Rule(FTRL_V2 if shrink else FTRL, ("accumulator", "linear"), ftrl_coefs, None), None
     return None, f"no fused kernel for {type(opt).__name__}"
 
 
@@ -179,8 +194,12 @@ def _record(opt, fused, per_variable, reason):
         "reason": reason,
     }
     if reason and per_variable:
-        logger.debug("keras_opt %s: per-variable path for %d variables: %s",
-                     opt._name, len(per_variable), reason)
+        logger.debug(
+            "keras_opt %s: per-variable path for %d variables: %s",
+            opt._name,
+            len(per_variable),
+            reason,
+        )
 
 
 def _var_name(var) -> str:
@@ -219,8 +238,10 @@ def _local_pairs(opt, distribution, grad, var, rule, sparse):
         if not _is_cpu(lv.device):
             return None, f"device {lv.device} has no fused kernel"
         slots = [s[i] for s in slot_locals]
-        if any(s.device != lv.device or
-               not isinstance(s, resource_variable_ops.BaseResourceVariable) for s in slots):
+        if any(
+            s.device != lv.device or not isinstance(s, resource_variable_ops.BaseResourceVariable)
+            for s in slots
+        ):
             return None, "slot not on the variable's device"
         out.append((lv.device, lv.dtype.base_dtype, lg, lv, slots))
     return out, None
@@ -292,7 +313,7 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
             if op is not None:
                 update_ops.append(op)
     eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
-    for device, dtype, grad, var, slots in sparse_items:
+    for device, _dtype, grad, var, slots in sparse_items:
         # The name scope of the per-variable path (graph users look ops up by it).
         scope = "update" if eager_outside else "update_" + var.op.name
         with tf.device(device), _name_scope_in_graph(scope):
@@ -304,8 +325,12 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
                 op = _sparse_rms(module, coef, var, slots, values, indices, use_locking)
             if op is not None:
                 update_ops.append(op)
-    _record(opt, fused_names, [_var_name(v) for _, v in remaining],
-            "; ".join(sorted(set(reasons))) or None)
+    _record(
+        opt,
+        fused_names,
+        [_var_name(v) for _, v in remaining],
+        "; ".join(sorted(set(reasons))) or None,
+    )
     return update_ops, remaining
 
 
@@ -365,5 +390,8 @@ def last_paths(opt) -> dict:
 
     ``{'fused': [names], 'per_variable': [names], 'reason': why some or all fell back}``.
     """
-    return dict(getattr(opt, "_fused_last_paths", {"fused": [], "per_variable": [],
-                                                   "reason": "not applied yet"}))
+    return dict(
+        getattr(
+            opt, "_fused_last_paths", {"fused": [], "per_variable": [], "reason": "not applied yet"}
+        )
+    )

@@ -30,9 +30,8 @@ import tensorflow as tf
 from tensorflow.python.platform import tf_logging as logging
 
 from keras_opt import serialization
-from keras_opt.optimizer_v2 import base_arguments
+from keras_opt.optimizer_v2 import base_arguments, optimizer_v2
 from keras_opt.optimizer_v2 import gradients as gradients_lib
-from keras_opt.optimizer_v2 import optimizer_v2
 
 _DEFAULT_INITIAL_SCALE = 2**15
 _DEFAULT_GROWTH_STEPS = 2000
@@ -343,9 +342,7 @@ class LossScaleOptimizerMetaclass(type):
     def __instancecheck__(cls, instance) -> bool:
         if super().__instancecheck__(instance):
             return True
-        return cls is BaseLossScaleOptimizer and isinstance(
-            instance, _foreign_loss_scale_classes()
-        )
+        return cls is BaseLossScaleOptimizer and isinstance(instance, _foreign_loss_scale_classes())
 
 
 class BaseLossScaleOptimizer(metaclass=LossScaleOptimizerMetaclass):

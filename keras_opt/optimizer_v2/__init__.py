@@ -4,8 +4,8 @@ from keras_opt.optimizer_v2.adadelta import Adadelta
 from keras_opt.optimizer_v2.adafactor import Adafactor
 from keras_opt.optimizer_v2.adagrad import Adagrad
 from keras_opt.optimizer_v2.adam import Adam, NonFusedAdam
-from keras_opt.optimizer_v2.adamw import AdamW
 from keras_opt.optimizer_v2.adamax import Adamax
+from keras_opt.optimizer_v2.adamw import AdamW
 from keras_opt.optimizer_v2.ftrl import Ftrl
 from keras_opt.optimizer_v2.gradient_descent import SGD
 from keras_opt.optimizer_v2.lamb import Lamb

@@ -52,7 +52,6 @@ class Adadelta(optimizer_v2.OptimizerV2):
             rho=tf.identity(self._get_hyper("rho", var_dtype)),
         )
 
-
     def _kernel_args(self, grad, var, apply_state):
         coef = self._coefficients(var, apply_state)
         return dict(

@@ -66,7 +66,6 @@ class Adagrad(optimizer_v2.OptimizerV2):
             zero=tf.zeros((), dtype=tf.int64),
         )
 
-
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)

@@ -49,9 +49,7 @@ class AdamW(adam.Adam):
         **kwargs,
     ):
         if weight_decay is None:
-            raise ValueError(
-                "Argument `weight_decay` must be a float. Received: weight_decay=None"
-            )
+            raise ValueError("Argument `weight_decay` must be a float. Received: weight_decay=None")
         super().__init__(
             learning_rate,
             beta_1,

@@ -131,9 +131,7 @@ _CHECKS = {
 
 def pop_feature_arguments(kwargs: dict) -> dict[str, Any]:
     """Removes the feature arguments from ``kwargs``; returns them validated, with defaults."""
-    return {
-        key: check(kwargs.pop(key, FEATURE_DEFAULTS[key])) for key, check in _CHECKS.items()
-    }
+    return {key: check(kwargs.pop(key, FEATURE_DEFAULTS[key])) for key, check in _CHECKS.items()}
 
 
 def feature_config(opt: Any) -> dict[str, Any]:

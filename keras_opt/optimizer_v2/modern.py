@@ -59,8 +59,7 @@ def check_number(name: str, value: Any, minimum: float, inclusive: bool = True) 
     """``value`` if it is a real number ``>= minimum`` (``>`` if not ``inclusive``)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(
-            f"`{name}` must be a number. Received: {name}={value!r} of type "
-            f"{type(value).__name__}."
+            f"`{name}` must be a number. Received: {name}={value!r} of type {type(value).__name__}."
         )
     if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
         bound = ">=" if inclusive else ">"

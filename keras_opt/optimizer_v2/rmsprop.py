@@ -157,7 +157,6 @@ class RMSprop(optimizer_v2.OptimizerV2):
         )
         return tf.group(var_update, *updated)
 
-
     def get_config(self):
         config = super().get_config()
         config.update(

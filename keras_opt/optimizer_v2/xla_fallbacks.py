@@ -32,9 +32,9 @@ import tensorflow as tf
 def keras_momentum(var, accum, grad, *, lr, momentum, nesterov):
     """``(Sparse)ApplyKerasMomentum``::
 
-        accum <- momentum * accum - lr * grad
-        var   <- var + momentum * accum - lr * grad     (nesterov, new accum)
-        var   <- var + accum                            (otherwise)
+    accum <- momentum * accum - lr * grad
+    var   <- var + momentum * accum - lr * grad     (nesterov, new accum)
+    var   <- var + accum                            (otherwise)
     """
     accum_t = accum * momentum - grad * lr
     if nesterov:
@@ -47,8 +47,8 @@ def keras_momentum(var, accum, grad, *, lr, momentum, nesterov):
 def adagrad_v2(var, accum, grad, *, lr, epsilon):
     """``(Sparse)ApplyAdagradV2`` (``update_slots=True``)::
 
-        accum <- accum + grad^2
-        var   <- var - lr * grad / (sqrt(accum) + epsilon)
+    accum <- accum + grad^2
+    var   <- var - lr * grad / (sqrt(accum) + epsilon)
     """
     accum_t = accum + tf.square(grad)
     var_t = var - grad * lr / (tf.sqrt(accum_t) + epsilon)
@@ -58,10 +58,10 @@ def adagrad_v2(var, accum, grad, *, lr, epsilon):
 def adadelta(var, accum, accum_update, grad, *, lr, rho, epsilon):
     """``(Sparse)ApplyAdadelta``::
 
-        accum        <- rho * accum + (1 - rho) * grad^2
-        update       <- sqrt(accum_update + epsilon) * rsqrt(accum + epsilon) * grad
-        var          <- var - lr * update
-        accum_update <- rho * accum_update + (1 - rho) * update^2
+    accum        <- rho * accum + (1 - rho) * grad^2
+    update       <- sqrt(accum_update + epsilon) * rsqrt(accum + epsilon) * grad
+    var          <- var - lr * update
+    accum_update <- rho * accum_update + (1 - rho) * update^2
     """
     accum_t = accum * rho + tf.square(grad) * (1 - rho)
     update = tf.sqrt(accum_update + epsilon) * tf.math.rsqrt(accum_t + epsilon) * grad
@@ -73,9 +73,9 @@ def adadelta(var, accum, accum_update, grad, *, lr, rho, epsilon):
 def rmsprop(var, ms, mom, grad, *, lr, rho, momentum, epsilon):
     """``SparseApplyRMSProp`` (the momentum form of RMSprop)::
 
-        ms  <- rho * ms + (1 - rho) * grad^2
-        mom <- momentum * mom + lr * grad * rsqrt(ms + epsilon)
-        var <- var - mom
+    ms  <- rho * ms + (1 - rho) * grad^2
+    mom <- momentum * mom + lr * grad * rsqrt(ms + epsilon)
+    var <- var - mom
     """
     ms_t = ms * rho + tf.square(grad) * (1 - rho)
     mom_t = mom * momentum + tf.math.rsqrt(ms_t + epsilon) * lr * grad
@@ -85,10 +85,10 @@ def rmsprop(var, ms, mom, grad, *, lr, rho, momentum, epsilon):
 def centered_rmsprop(var, mg, ms, mom, grad, *, lr, rho, momentum, epsilon):
     """``SparseApplyCenteredRMSProp``::
 
-        ms  <- rho * ms + (1 - rho) * grad^2
-        mg  <- rho * mg + (1 - rho) * grad
-        mom <- momentum * mom + lr * grad * rsqrt(ms + epsilon - mg^2)
-        var <- var - mom
+    ms  <- rho * ms + (1 - rho) * grad^2
+    mg  <- rho * mg + (1 - rho) * grad
+    mom <- momentum * mom + lr * grad * rsqrt(ms + epsilon - mg^2)
+    var <- var - mom
     """
     ms_t = ms * rho + tf.square(grad) * (1 - rho)
     mg_t = mg * rho + grad * (1 - rho)
@@ -127,11 +127,11 @@ def ftrl(var, accum, linear, grad, *, lr, l1, l2, lr_power, l2_shrinkage=None):
 def adam_amsgrad(var, m, v, vhat, grad, *, beta1_power, beta2_power, lr, beta1, beta2, epsilon):
     """``ApplyAdamWithAmsgrad``::
 
-        alpha = lr * sqrt(1 - beta2_power) / (1 - beta1_power)
-        m     <- m + (grad - m) * (1 - beta1)
-        v     <- v + (grad^2 - v) * (1 - beta2)
-        vhat  <- max(vhat, v)
-        var   <- var - m * alpha / (sqrt(vhat) + epsilon)
+    alpha = lr * sqrt(1 - beta2_power) / (1 - beta1_power)
+    m     <- m + (grad - m) * (1 - beta1)
+    v     <- v + (grad^2 - v) * (1 - beta2)
+    vhat  <- max(vhat, v)
+    var   <- var - m * alpha / (sqrt(vhat) + epsilon)
     """
     alpha = lr * tf.sqrt(1 - beta2_power) / (1 - beta1_power)
     m_t = m + (grad - m) * (1 - beta1)
@@ -169,9 +169,7 @@ def sparse_update(rule, variables, grad, indices, **coefficients):
     rows before any is written. Returns the grouped scatter updates.
     """
     rows = [
-        tf.raw_ops.ResourceGather(
-            resource=v.handle, indices=indices, dtype=v.dtype.base_dtype
-        )
+        tf.raw_ops.ResourceGather(resource=v.handle, indices=indices, dtype=v.dtype.base_dtype)
         for v in variables
     ]
     new_rows = rule(*rows, grad, **coefficients)

@@ -445,9 +445,7 @@ class CosineDecay(LearningRateSchedule):
         warmup_only = warmup_target is not None and not (
             _is_number(warmup_steps) and warmup_steps <= 0
         )
-        _check_number(
-            cls, "decay_steps", decay_steps, positive=not warmup_only, why=_STEPS_WHY
-        )
+        _check_number(cls, "decay_steps", decay_steps, positive=not warmup_only, why=_STEPS_WHY)
         _check_number(cls, "alpha", alpha, why=" A negative alpha makes the final rate negative.")
         _check_number(cls, "warmup_target", warmup_target, why=_RATE_WHY)
         _check_number(cls, "warmup_steps", warmup_steps, why=" It is a number of steps.")

@@ -51,8 +51,9 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 def _modern_optimizers() -> dict[str, tuple[str, dict[str, Any]]]:
     """The first configuration of each modern optimizer in the shared table (keras_opt only)."""
-    from cases import MODERN_CASES
     from dist_configs import KERAS_OPT_ONLY
+
+    from cases import MODERN_CASES
 
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for name, kwargs in MODERN_CASES:

@@ -23,9 +23,7 @@ import tensorflow as tf
 MODE = sys.argv[1]
 if MODE == "mirrored":
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 import keras_opt  # noqa: E402
 from keras_opt import kernels  # noqa: E402
@@ -121,8 +119,16 @@ def main():
             for sparse in (False, True) if name in ("Adam", "RMSprop") else (False,):
                 a, paths = train(name, kwargs, tf.float32, True, sparse, strategy)
                 b, _ = train(name, kwargs, tf.float32, False, sparse, strategy)
-                out["cases"].append(dict(name=name, kwargs=kwargs, sparse=sparse,
-                                         equal=same(a, b), paths=paths, n=len(a)))
+                out["cases"].append(
+                    dict(
+                        name=name,
+                        kwargs=kwargs,
+                        sparse=sparse,
+                        equal=same(a, b),
+                        paths=paths,
+                        n=len(a),
+                    )
+                )
     elif MODE == "fallback":
         for name, kwargs in CONFIGS[:3]:
             a, paths = train(name, kwargs, tf.float32, True)
@@ -135,8 +141,9 @@ def main():
                 sparse = name == "Adam" or (name == "RMSprop" and "momentum" not in kwargs)
                 a, paths = train(name, kwargs, dtype, True, sparse=sparse)
                 b, _ = train(name, kwargs, dtype, False, sparse=sparse)
-                out["cases"].append(dict(name=name, dtype=dtype.name, equal=same(a, b),
-                                         paths=paths))
+                out["cases"].append(
+                    dict(name=name, dtype=dtype.name, equal=same(a, b), paths=paths)
+                )
     print("RESULT " + json.dumps(out, default=str), flush=True)
 
 

@@ -35,6 +35,7 @@ faulthandler.dump_traceback_later(240, exit=True)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+
 def resume(lib_name: str, directory: str) -> None:
     import keras_fit_common as common
 
@@ -55,7 +56,9 @@ def resume(lib_name: str, directory: str) -> None:
         model = lib.models.load_model(path)
         common.fit(model, None, epochs=2, initial_epoch=1, sparse=sparse)
         out = common.state(model, model.optimizer)
-        out["optimizer_class"] = np.array(type(model.optimizer).__module__ + "." + type(model.optimizer).__name__)
+        out["optimizer_class"] = np.array(
+            type(model.optimizer).__module__ + "." + type(model.optimizer).__name__
+        )
         np.savez(os.path.splitext(path)[0] + ".npz", **out)
 
 
@@ -80,8 +83,8 @@ def mirrored(out_path: str) -> None:
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
     import keras
-
     import keras_fit_common as common
+
     import keras_opt
     import keras_opt.keras as kk
 
@@ -111,9 +114,9 @@ def tf_keras_mirrored(out_path: str) -> None:
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
     )
+    import keras_fit_common as common
     import tf_keras
 
-    import keras_fit_common as common
     import keras_opt.tf_keras as tk
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
