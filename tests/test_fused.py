@@ -364,3 +364,38 @@ def test_lower_isa_builds_equal(isa):
     for case in out["cases"]:
         assert case["equal"], case
         assert case["paths"]["fused"], case
+
+
+# Weight decay (the Keras 3 base feature): the stage decays every variable first,
+# then the updates run fused. Oracle: the same optimizer class with an
+# `_apply_one` override that only calls the base one, which keeps the
+# per-variable order (decay, update; next variable) and the per-variable kernels.
+DECAY_CASES = [
+    ("Adam", dict(learning_rate=0.1, weight_decay=0.05)),
+    ("AdamW", dict(learning_rate=0.1)),
+    ("SGD", dict(learning_rate=0.1, momentum=0.9, weight_decay=0.05)),
+    ("RMSprop", dict(learning_rate=0.1, weight_decay=0.05)),
+]
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("case", DECAY_CASES, ids=[case_id(c) for c in DECAY_CASES])
+def test_weight_decay_then_fused_equals_per_variable_order(case, sparse, function, monkeypatch):
+    name, kwargs = case
+    shapes = SHAPES[:-1] + [(6, 3)]
+    got, paths = train(name, kwargs, tf.float32, True, function=function, sparse=sparse,
+                       shapes=shapes)  # fmt: skip
+    base = getattr(keras_opt, name)
+
+    class Interleaved(base):
+        def _apply_one(self, var, grad, apply_state):
+            return super()._apply_one(var, grad, apply_state)
+
+    monkeypatch.setattr(keras_opt, name, Interleaved)
+    want, want_paths = train(name, kwargs, tf.float32, True, function=function, sparse=sparse,
+                             shapes=shapes)  # fmt: skip
+    assert_bits_equal(got, want)
+    assert want_paths["fused"] == [] and "_apply_one" in want_paths["reason"]
+    if HAVE_COMPILER:
+        assert paths["fused"], paths  # the dense variables at least

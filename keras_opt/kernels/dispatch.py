@@ -168,9 +168,6 @@ def enabled(opt) -> tuple[bool, str | None]:
         return False, "disabled by KERAS_OPT_FUSED=0"
     if not getattr(opt, "fused_kernels", True):
         return False, "disabled by fused_kernels=False"
-    if getattr(opt, "_weight_decay", None) is not None:
-        # The weight decay stage runs per variable, in `_apply_one`, before the update.
-        return False, "weight_decay (the decay stage runs per variable)"
     return True, None
 
 

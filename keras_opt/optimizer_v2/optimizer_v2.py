@@ -441,20 +441,31 @@ class OptimizerV2(
         """Updates every variable; returns the update ops.
 
         The pairs the fused kernels cover get one op per (device, dtype)
-        (`keras_opt.kernels`); the others run `_apply_one` each.
+        (`keras_opt.kernels`); the others run `_apply_one` each. With
+        ``weight_decay`` (and the base `_apply_one`), the decay stage runs first
+        for every variable, then the updates: the same numbers as decaying each
+        variable right before its own update, and the updates can be fused.
         """
         eager_outside = tf.compat.v1.executing_eagerly_outside_functions()
-        apply_one = functools.partial(self._apply_one, apply_state=apply_state)
-        update_ops, grads_and_vars = fused_dispatch.apply_fused(
-            self, distribution, grads_and_vars, apply_state
-        )
 
         def scope(var):
             return _name_scope_in_graph("update" if eager_outside else "update_" + var.op.name)
 
-        update_ops += variables_lib.update_each(
-            distribution, apply_one, [(var, (grad,)) for grad, var in grads_and_vars], scope
-        )
+        apply_one = functools.partial(self._apply_one, apply_state=apply_state)
+        decays = []
+        if self._weight_decay is not None and type(self)._apply_one is OptimizerV2._apply_one:
+            decays = weight_decay_lib.decay_all(
+                self, distribution, grads_and_vars, apply_state, scope
+            )
+            apply_one = functools.partial(self._apply_update, apply_state=apply_state)
+        # A TF1 graph has no automatic control dependencies: the updates wait explicitly.
+        with tf.control_dependencies(decays if not tf.executing_eagerly() else None):
+            update_ops, grads_and_vars = fused_dispatch.apply_fused(
+                self, distribution, grads_and_vars, apply_state
+            )
+            update_ops += variables_lib.update_each(
+                distribution, apply_one, [(var, (grad,)) for grad, var in grads_and_vars], scope
+            )
         return update_ops
 
     def _finish_step(self, increment, read_value=True):

@@ -136,3 +136,16 @@ def decay(opt: Any, var: Any, grad: Any, apply_state: Any) -> Any:
         values = tf.gather(var, rows) * wd * lr
         return tf.raw_ops.ResourceScatterSub(resource=var.handle, indices=rows, updates=values)
     return var.assign_sub(var * wd * lr, read_value=False)
+
+
+def decay_all(opt: Any, distribution: Any, grads_and_vars: list, apply_state: Any, scope) -> list:
+    """The decay stage of every (gradient, variable) pair; returns its ops."""
+
+    def decay_one(var, grad):
+        op = decay(opt, var, grad, apply_state)
+        return tf.no_op() if op is None else op
+
+    ops = variables_lib.update_each(
+        distribution, decay_one, [(var, (grad,)) for grad, var in grads_and_vars], scope
+    )
+    return [op for op in ops if op is not None]
