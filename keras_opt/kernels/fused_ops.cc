@@ -298,6 +298,36 @@ class FusedApplyOp : public OpKernel {
   int rule_, n_, s_, c_;
 };
 
+// The scalar coefficients inputs[first .. first + n) of a sparse op, as T.
+template <typename T>
+absl::Status ReadScalarCoefs(OpKernelContext* ctx, int first, int n, T* out) {
+  for (int i = 0; i < n; ++i) {
+    const Tensor& c = ctx->input(first + i);
+    if (!TensorShapeUtils::IsScalar(c.shape())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("coefficient ", i, " is not a scalar: ", c.shape().DebugString()));
+    }
+    out[i] = c.scalar<T>()();
+  }
+  return absl::OkStatus();
+}
+
+// A sparse op's locked var is at least 1-D and each of its slots has its shape.
+absl::Status CheckVarAndSlots(LockedVars& locked, int nv) {
+  const Tensor* var = locked.tensor(0);
+  if (!TensorShapeUtils::IsVectorOrHigher(var->shape())) {
+    return absl::InvalidArgumentError("var must be at least 1 dimensional");
+  }
+  for (int j = 1; j < nv; ++j) {
+    if (!var->shape().IsSameSize(locked.tensor(j)->shape())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "var and slot do not have the same shape: ", var->shape().DebugString(), " ",
+          locked.tensor(j)->shape().DebugString()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 template <typename T, typename Index>
 class FusedSparseApplyAdamOp : public OpKernel {
  public:
@@ -312,26 +342,13 @@ class FusedSparseApplyAdamOp : public OpKernel {
     const Tensor& grad2 = ctx->input(nv + 1);
     const Tensor& indices = ctx->input(nv + 2);
     T coefs[4];
-    for (int i = 0; i < 4; ++i) {
-      const Tensor& c = ctx->input(nv + 3 + i);
-      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
-      coefs[i] = c.scalar<T>()();
-    }
+    OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3, 4, coefs));
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
                 absl::InvalidArgumentError("indices must be one-dimensional"));
     LockedVars locked;
     OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
     Tensor* var = locked.tensor(0);
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVectorOrHigher(var->shape()),
-                absl::InvalidArgumentError("var must be at least 1 dimensional"));
-    for (int j = 1; j < nv; ++j) {
-      OP_REQUIRES(ctx, var->shape().IsSameSize(locked.tensor(j)->shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "var and slot do not have the same shape: ", var->shape().DebugString(),
-                      " ", locked.tensor(j)->shape().DebugString())));
-    }
     const int64_t rows = var->dim_size(0);
     const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
     const int64_t nidx = indices.dim_size(0);
@@ -411,24 +428,11 @@ class FusedSparseApplyRmsOp : public OpKernel {
     const Tensor& num = ctx->input(nv + 1 + a_);
     const Tensor& indices = ctx->input(nv + 2 + a_);
     T coefs[2];
-    for (int i = 0; i < 2; ++i) {
-      const Tensor& c = ctx->input(nv + 3 + a_ + i);
-      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
-      coefs[i] = c.scalar<T>()();
-    }
+    OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3 + a_, 2, coefs));
     LockedVars locked;
     OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
     Tensor* var = locked.tensor(0);
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVectorOrHigher(var->shape()),
-                absl::InvalidArgumentError("var must be at least 1 dimensional"));
-    for (int j = 1; j < nv; ++j) {
-      OP_REQUIRES(ctx, var->shape().IsSameSize(locked.tensor(j)->shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "var and slot do not have the same shape: ", var->shape().DebugString(),
-                      " ", locked.tensor(j)->shape().DebugString())));
-    }
     const int64_t rows = var->dim_size(0);
     const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
