@@ -312,6 +312,35 @@ def test_copy_on_write_and_copy_on_read():
     assert kernels.last_paths(opt)["fused"]
 
 
+@pytest.mark.parametrize("name", ["Adam", "RMSprop"])
+def test_sparse_update_after_a_lookup_keeps_readers_and_equals_per_variable(name):
+    """An embedding lookup (sparse read) puts the table in copy-on-read mode.
+
+    The fused sparse ops then update its rows in place, as TF's sparse kernels
+    do (no full copy each step), but still copy a buffer someone holds.
+    """
+    values = np.arange(12, dtype=np.float32).reshape(6, 2)
+    var, ref = tf.Variable(values), tf.Variable(values)
+    opt = getattr(keras_opt, name)(0.1)
+    ref_opt = getattr(keras_opt, name)(0.1, fused_kernels=False)
+    grad = tf.IndexedSlices(tf.ones((3, 2)), tf.constant([4, 1, 4]), tf.constant([6, 2]))
+    before = values
+    for step in range(3):
+        var.sparse_read([0, 5])  # the lookup
+        ref.sparse_read([0, 5])
+        held = var.value() if step == 1 else None  # a reader holding the buffer
+        opt.apply_gradients([(grad, var)])
+        ref_opt.apply_gradients([(grad, ref)])
+        if held is not None:
+            np.testing.assert_array_equal(held.numpy(), before)
+        before = var.numpy()
+    np.testing.assert_array_equal(var.numpy(), ref.numpy())
+    for slot in opt.get_slot_names():
+        np.testing.assert_array_equal(opt.get_slot(var, slot), ref_opt.get_slot(ref, slot))
+    if HAVE_COMPILER:
+        assert kernels.last_paths(opt)["fused"]
+
+
 @needs_library
 def test_one_op_per_device_dtype_group():
     vars_ = [tf.Variable(tf.zeros([3], d)) for d in (tf.float32, tf.float16, tf.float32)]

@@ -140,11 +140,17 @@ int NumCoefs(int rule) {
 
 // Looks up the variables of inputs [first, first + count), locks them
 // (exclusively, ascending mutex address, like TF's training kernels), and
-// makes their buffers private (copy when shared or in copy-on-read mode).
+// makes their buffers private: a variable updated in full is copied when its
+// buffer is shared or it is in copy-on-read mode (TF's dense update rule); the
+// first `row_updated` variables, whose rows alone are updated in place (the
+// variable of a sparse op), only when the buffer is shared. In copy-on-read
+// mode (set by any sparse read, e.g. an embedding lookup) readers copy, so
+// TF's sparse kernels update such a variable in place too; copying it on
+// every step would cost a full pass over an embedding table.
 class LockedVars {
  public:
   template <typename T>
-  absl::Status Acquire(OpKernelContext* ctx, int first, int count) {
+  absl::Status Acquire(OpKernelContext* ctx, int first, int count, int row_updated = 0) {
     vars_.resize(count);
     for (int i = 0; i < count; ++i) {
       const ResourceHandle& handle = HandleFromInput(ctx, first + i);
@@ -182,7 +188,8 @@ class LockedVars {
             "Variable ", HandleFromInput(ctx, first + i).name(), " has dtype ",
             DataTypeString(t->dtype()), ", expected ", DataTypeString(DataTypeToEnum<T>::v())));
       }
-      if (var->copy_on_read_mode.load() || !t->RefCountIsOne()) {
+      const bool copy_on_read = i >= row_updated && var->copy_on_read_mode.load();
+      if (copy_on_read || !t->RefCountIsOne()) {
         Tensor tmp;
         tsl::AllocatorAttributes attr;
         attr.set_gpu_compatible(true);
@@ -346,7 +353,7 @@ class FusedSparseApplyAdamOp : public OpKernel {
     OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
                 absl::InvalidArgumentError("indices must be one-dimensional"));
     LockedVars locked;
-    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
     OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
     Tensor* var = locked.tensor(0);
     const int64_t rows = var->dim_size(0);
@@ -430,7 +437,7 @@ class FusedSparseApplyRmsOp : public OpKernel {
     T coefs[2];
     OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3 + a_, 2, coefs));
     LockedVars locked;
-    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv));
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
     OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
     Tensor* var = locked.tensor(0);
     const int64_t rows = var->dim_size(0);
