@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+import keras_opt
+
 VOCAB, DIM, IDS = 10, 4, 3
 N, BATCH = 32, 8
 
@@ -165,3 +167,32 @@ def assert_same(got: dict, want: dict) -> None:
     assert sorted(got) == sorted(want)
     for key in want:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+class SignSGD(keras_opt.Optimizer):
+    """A user optimizer written against keras_opt's (tf_keras's) contract.
+
+    ``var -= lr * sign(grad)``, dense and sparse; the `wrap` tests of both
+    frameworks train it.
+    """
+
+    def __init__(self, learning_rate=0.01, name="SignSGD", **kwargs):
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", learning_rate)
+
+    def _create_slots(self, var_list):
+        pass
+
+    def _resource_apply_dense(self, grad, var, apply_state=None):
+        lr = self._decayed_lr(var.dtype.base_dtype)
+        return var.assign_sub(lr * tf.sign(grad))
+
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        lr = self._decayed_lr(var.dtype.base_dtype)
+        return var.scatter_sub(tf.IndexedSlices(lr * tf.sign(grad), indices))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "learning_rate": self._serialize_hyperparameter("learning_rate"),
+        }

@@ -121,45 +121,20 @@ def test_adapter_exposes_the_keras_opt_state():
     assert adapter.iterations is adapter.keras_opt_optimizer.iterations
 
 
-class _SignSGD(keras_opt.Optimizer):
-    """A user optimizer written against keras_opt's (tf_keras's) contract."""
-
-    def __init__(self, learning_rate=0.01, name="SignSGD", **kwargs):
-        super().__init__(name, **kwargs)
-        self._set_hyper("learning_rate", learning_rate)
-
-    def _create_slots(self, var_list):
-        pass
-
-    def _resource_apply_dense(self, grad, var, apply_state=None):
-        lr = self._decayed_lr(var.dtype.base_dtype)
-        return var.assign_sub(lr * tf.sign(grad))
-
-    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
-        lr = self._decayed_lr(var.dtype.base_dtype)
-        return var.scatter_sub(tf.IndexedSlices(lr * tf.sign(grad), indices))
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "learning_rate": self._serialize_hyperparameter("learning_rate"),
-        }
-
-
 def test_wrap_of_a_user_subclass_trains_like_the_tape_loop(tmp_path):
     model = common.build_model(keras)
-    adapter = kk.wrap(_SignSGD(0.05))
+    adapter = kk.wrap(common.SignSGD(0.05))
     assert isinstance(adapter, kk.Wrapped)
     common.fit(model, adapter, jit_compile=False)
     ref = common.build_model(keras)
-    ref_opt = _SignSGD(0.05)
+    ref_opt = common.SignSGD(0.05)
     common.tape_loop(ref, ref_opt)
     common.assert_same(common.state(model, adapter), common.state(ref, ref_opt))
     # Saved under keras_opt>Wrapped; the user class comes from custom_objects.
     path = str(tmp_path / "m.keras")
     model.save(path)
-    loaded = keras.models.load_model(path, custom_objects={"_SignSGD": _SignSGD})
-    assert type(loaded.optimizer.keras_opt_optimizer) is _SignSGD
+    loaded = keras.models.load_model(path, custom_objects={"SignSGD": common.SignSGD})
+    assert type(loaded.optimizer.keras_opt_optimizer) is common.SignSGD
     assert loaded.optimizer.iterations.numpy() == 4
 
 

@@ -11,7 +11,6 @@ import json
 import keras_fit_common as common
 import numpy as np
 import pytest
-import tensorflow as tf
 import tf_keras
 
 import keras_opt
@@ -117,35 +116,13 @@ def test_wrap_trains_like_the_class_and_keeps_the_object():
     common.assert_same(common.state(model, wrapped), common.state(ref, ref.optimizer))
 
 
-class _SignSGD(keras_opt.Optimizer):
-    def __init__(self, learning_rate=0.01, name="SignSGD", **kwargs):
-        super().__init__(name, **kwargs)
-        self._set_hyper("learning_rate", learning_rate)
-
-    def _create_slots(self, var_list):
-        pass
-
-    def _resource_apply_dense(self, grad, var, apply_state=None):
-        return var.assign_sub(self._decayed_lr(var.dtype.base_dtype) * tf.sign(grad))
-
-    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
-        lr = self._decayed_lr(var.dtype.base_dtype)
-        return var.scatter_sub(tf.IndexedSlices(lr * tf.sign(grad), indices))
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "learning_rate": self._serialize_hyperparameter("learning_rate"),
-        }
-
-
 def test_wrap_of_a_user_subclass_trains_like_a_tape_loop():
     model = common.build_model(tf_keras)
-    opt = tk.wrap(_SignSGD(0.05))
-    assert isinstance(opt, _SignSGD) and isinstance(opt, legacy.Optimizer)
+    opt = tk.wrap(common.SignSGD(0.05))
+    assert isinstance(opt, common.SignSGD) and isinstance(opt, legacy.Optimizer)
     common.fit(model, opt)
     ref = common.build_model(tf_keras)
-    ref_opt = _SignSGD(0.05)
+    ref_opt = common.SignSGD(0.05)
     common.tape_loop(ref, ref_opt)
     common.assert_same(common.state(model, opt), common.state(ref, ref_opt))
 
