@@ -351,7 +351,8 @@ def test_one_op_per_device_dtype_group():
         opt.apply_gradients([(tf.ones([3], v.dtype), v) for v in vars_])
 
     graph = step.get_concrete_function().graph
-    fused = [op for op in graph.get_operations() if op.type == "KerasOptFusedApply"]
+    # Inside a tf.function each group passes one variable-group handle.
+    fused = [op for op in graph.get_operations() if op.type == "KerasOptFusedApplyGroup"]
     assert sorted(op.get_attr("T").name for op in fused) == ["float16", "float32"]
     assert not [op for op in graph.get_operations() if op.type == "ResourceApplyAdam"]
 

@@ -29,6 +29,7 @@ import logging
 import tensorflow as tf
 
 from keras_opt.kernels import build
+from keras_opt.kernels import groups as var_groups
 from keras_opt.optimizer_v2 import variables as variables_lib
 from keras_opt.optimizer_v2 import xla
 
@@ -298,15 +299,30 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
         with tf.device(device), _name_scope_in_graph("update_fused"):
             coef = opt._coefficients(items[0][1], apply_state)
             coefs = rule.coefs(coef)
-            slots = [s[j].handle for j in range(len(rule.slots)) for _, _, s in items]
-            op = module.keras_opt_fused_apply(
-                var=[v.handle for _, v, _ in items],
-                slots=slots,
-                grad=[tf.convert_to_tensor(g, dtype=dtype) for g, _, _ in items],
-                coefs=[tf.convert_to_tensor(c, dtype=dtype) for c in coefs],
-                rule=rule.code,
-                use_locking=use_locking,
-            )
+            variables = [v for _, v, _ in items]
+            slots = [s[j] for j in range(len(rule.slots)) for _, _, s in items]
+            grads = [tf.convert_to_tensor(g, dtype=dtype) for g, _, _ in items]
+            coefs = [tf.convert_to_tensor(c, dtype=dtype) for c in coefs]
+            if var_groups.enabled():
+                # One captured handle for the whole group (see groups.py).
+                group = var_groups.group_for(opt, module, device, variables, slots)
+                op = module.keras_opt_fused_apply_group(
+                    group=group.resource_handle,
+                    grad=grads,
+                    coefs=coefs,
+                    rule=rule.code,
+                    use_locking=use_locking,
+                )
+                var_groups.note_update(group, variables + slots)
+            else:
+                op = module.keras_opt_fused_apply(
+                    var=[v.handle for v in variables],
+                    slots=[s.handle for s in slots],
+                    grad=grads,
+                    coefs=coefs,
+                    rule=rule.code,
+                    use_locking=use_locking,
+                )
             if op is not None:
                 update_ops.append(op)
     eager_outside = tf.compat.v1.executing_eagerly_outside_functions()

@@ -6,6 +6,10 @@
 //                              to m and v (g * (1 - b1), g * g * (1 - b2),
 //                              computed by TF ops as the composite path does),
 //                              unique indices, 4 scalars)
+// KerasOptVarGroup(members: N resources; names) -> a handle to a fixed list
+//                  of variables (a step's variables, then their slots)
+// KerasOptFusedApplyGroup(group, grad: N tensors, coefs: C scalars; rule,
+//                         use_locking): KerasOptFusedApply on a group's variables
 // KerasOptFusedIsa() -> the instruction set picked at load time.
 //
 // Locking and buffer handling follow TensorFlow's training kernels
@@ -38,6 +42,26 @@ REGISTER_OP("KerasOptFusedApply")
     .Attr("rule: int")
     .Attr("N: int >= 1")
     .Attr("S: int >= 0")
+    .Attr("C: int >= 0")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+REGISTER_OP("KerasOptVarGroup")
+    .Input("members: N * resource")
+    .Output("group: resource")
+    .Attr("N: int >= 0")
+    .Attr("names: list(string) = []")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::ScalarShape);
+
+REGISTER_OP("KerasOptFusedApplyGroup")
+    .Input("group: resource")
+    .Input("grad: N * T")
+    .Input("coefs: C * T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("rule: int")
+    .Attr("N: int >= 1")
     .Attr("C: int >= 0")
     .Attr("use_locking: bool = false")
     .SetIsStateful()
@@ -149,9 +173,11 @@ int NumCoefs(int rule) {
 // every step would cost a full pass over an embedding table.
 class LockedVars {
  public:
+  // The variables of inputs [first, first + count).
   template <typename T>
   absl::Status Acquire(OpKernelContext* ctx, int first, int count, int row_updated = 0) {
-    vars_.resize(count);
+    vars_.clear();
+    names_.clear();
     for (int i = 0; i < count; ++i) {
       const ResourceHandle& handle = HandleFromInput(ctx, first + i);
       Var* var = nullptr;
@@ -161,8 +187,32 @@ class LockedVars {
             "Could not find variable ", handle.name(), " (input ", first + i, "): ",
             s.message()));
       }
-      vars_[i].reset(var);
+      vars_.emplace_back(var);
+      names_.push_back(handle.name());
     }
+    return Lock<T>(ctx, row_updated);
+  }
+
+  // The given variables (each gets a reference), named by `names`.
+  template <typename T>
+  absl::Status AcquireList(OpKernelContext* ctx, const std::vector<Var*>& vars,
+                           const std::vector<std::string>& names, int row_updated = 0) {
+    vars_.clear();
+    names_ = names;
+    for (Var* var : vars) {
+      var->Ref();
+      vars_.emplace_back(var);
+    }
+    return Lock<T>(ctx, row_updated);
+  }
+
+  Tensor* tensor(int i) { return vars_[i]->tensor(); }
+  const std::string& name(int i) const { return names_[i]; }
+
+ private:
+  template <typename T>
+  absl::Status Lock(OpKernelContext* ctx, int row_updated) {
+    const int count = static_cast<int>(vars_.size());
     std::vector<Var*> order(count);
     for (int i = 0; i < count; ++i) order[i] = vars_[i].get();
     std::sort(order.begin(), order.end(),
@@ -180,13 +230,13 @@ class LockedVars {
       Var* var = vars_[i].get();
       Tensor* t = var->tensor();
       if (!var->is_initialized || !t->IsInitialized()) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "Attempting to use uninitialized variables: ", HandleFromInput(ctx, first + i).name()));
+        return absl::FailedPreconditionError(
+            absl::StrCat("Attempting to use uninitialized variables: ", names_[i]));
       }
       if (t->dtype() != DataTypeToEnum<T>::v()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "Variable ", HandleFromInput(ctx, first + i).name(), " has dtype ",
-            DataTypeString(t->dtype()), ", expected ", DataTypeString(DataTypeToEnum<T>::v())));
+            "Variable ", names_[i], " has dtype ", DataTypeString(t->dtype()), ", expected ",
+            DataTypeString(DataTypeToEnum<T>::v())));
       }
       const bool copy_on_read = i >= row_updated && var->copy_on_read_mode.load();
       if (copy_on_read || !t->RefCountIsOne()) {
@@ -203,10 +253,9 @@ class LockedVars {
     }
     return absl::OkStatus();
   }
-  Tensor* tensor(int i) { return vars_[i]->tensor(); }
 
- private:
   std::vector<core::RefCountPtr<Var>> vars_;
+  std::vector<std::string> names_;
   std::vector<mutex_lock> locks_;
 };
 
@@ -217,6 +266,93 @@ void RunSharded(OpKernelContext* ctx, int64_t total, int64_t cost_per_unit,
   workers->ParallelFor(total, cost_per_unit, fn);
 }
 
+// Checks a dense rule's attributes: `n` variables, `s` slot handles, `c` coefficients.
+absl::Status CheckDenseAttrs(int rule, int n, int s, int c) {
+  if (rule < 0 || rule >= KO_NUM_RULES) {
+    return absl::InvalidArgumentError(absl::StrCat("Unknown fused rule ", rule));
+  }
+  if (s != n * NumSlots(rule)) {
+    return absl::InvalidArgumentError(absl::StrCat("Rule ", rule, " takes ", NumSlots(rule),
+                                                   " slots per variable; got ", s,
+                                                   " slots for ", n, " variables"));
+  }
+  if (c != NumCoefs(rule)) {
+    return absl::InvalidArgumentError(absl::StrCat("Rule ", rule, " takes ", NumCoefs(rule),
+                                                   " coefficients; got ", c));
+  }
+  return absl::OkStatus();
+}
+
+// Reads the `c` scalar coefficients from inputs [coef0, coef0 + c).
+template <typename T>
+absl::Status ReadDenseCoefs(OpKernelContext* ctx, int rule, int coef0, int c, T* coefs) {
+  for (int i = 0; i < c; ++i) {
+    const Tensor& t = ctx->input(coef0 + i);
+    if (!TensorShapeUtils::IsScalar(t.shape())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("coefficient ", i, " is not a scalar: ", t.shape().DebugString()));
+    }
+    coefs[i] = t.scalar<T>()();
+  }
+  if ((rule == KO_FTRL || rule == KO_FTRL_V2) && coefs[3] != static_cast<T>(-0.5)) {
+    return absl::InvalidArgumentError(
+        "the fused Ftrl kernel supports learning_rate_power=-0.5 only; the "
+        "value changed after the step was traced: trace again, or set "
+        "KERAS_OPT_FUSED=0 / fused_kernels=False");
+  }
+  return absl::OkStatus();
+}
+
+// The dense update of `n` locked variables (then their slots, slot-major) with
+// the gradients of inputs [grad0, grad0 + n), split across the CPU threads in
+// blocks that span tensors.
+template <typename T>
+absl::Status RunDense(OpKernelContext* ctx, LockedVars& locked, int rule, int n, int grad0,
+                      const T* coefs) {
+  const int nslots = NumSlots(rule);
+  std::vector<KoTensor> ts(n);
+  std::vector<int64_t> starts(n + 1, 0);
+  for (int i = 0; i < n; ++i) {
+    Tensor* var = locked.tensor(i);
+    const Tensor& grad = ctx->input(grad0 + i);
+    if (!var->shape().IsSameSize(grad.shape())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "var and grad do not have the same shape (variable ", locked.name(i),
+          "): ", var->shape().DebugString(), " ", grad.shape().DebugString()));
+    }
+    KoTensor& t = ts[i];
+    t.var = var->data();
+    t.grad = grad.data();
+    t.size = var->NumElements();
+    for (int j = 0; j < 3; ++j) t.slot[j] = nullptr;
+    for (int j = 0; j < nslots; ++j) {
+      Tensor* slot = locked.tensor(n + j * n + i);
+      if (!var->shape().IsSameSize(slot->shape())) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "var and slot do not have the same shape (variable ", locked.name(i), ", slot ",
+            locked.name(n + j * n + i), "): ", var->shape().DebugString(), " ",
+            slot->shape().DebugString()));
+      }
+      t.slot[j] = slot->data();
+    }
+    starts[i + 1] = starts[i] + t.size;
+  }
+  const int64_t total = starts[n];
+  constexpr int64_t kBlock = 1024;
+  const int64_t blocks = (total + kBlock - 1) / kBlock;
+  const Isa& isa = PickIsa();
+  const KoTensor* tp = ts.data();
+  const int64_t* sp = starts.data();
+  const int64_t nn = n;
+  const int64_t bytes = static_cast<int64_t>(sizeof(T)) * (3 + 2 * nslots);
+  RunSharded(ctx, blocks, kBlock * (bytes + 20),
+             [&isa, rule, tp, sp, nn, coefs, total](int64_t b0, int64_t b1) {
+               isa.dense(rule, KoDtypeOf<T>(), tp, sp, nn, coefs, b0 * kBlock,
+                         std::min(total, b1 * kBlock));
+             });
+  return absl::OkStatus();
+}
+
 template <typename T>
 class FusedApplyOp : public OpKernel {
  public:
@@ -225,84 +361,121 @@ class FusedApplyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("S", &s_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("C", &c_));
-    OP_REQUIRES(ctx, rule_ >= 0 && rule_ < KO_NUM_RULES,
-                absl::InvalidArgumentError(absl::StrCat("Unknown fused rule ", rule_)));
-    OP_REQUIRES(ctx, s_ == n_ * NumSlots(rule_),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "Rule ", rule_, " takes ", NumSlots(rule_), " slots per variable; got ",
-                    s_, " slots for ", n_, " variables")));
-    OP_REQUIRES(ctx, c_ == NumCoefs(rule_),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "Rule ", rule_, " takes ", NumCoefs(rule_), " coefficients; got ", c_)));
+    OP_REQUIRES_OK(ctx, CheckDenseAttrs(rule_, n_, s_, c_));
   }
 
   void Compute(OpKernelContext* ctx) override {
-    const int nslots = s_ / n_;
     const int grad0 = n_ + s_;
-    const int coef0 = grad0 + n_;
     T coefs[8];
-    for (int i = 0; i < c_; ++i) {
-      const Tensor& c = ctx->input(coef0 + i);
-      OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(c.shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "coefficient ", i, " is not a scalar: ", c.shape().DebugString())));
-      coefs[i] = c.scalar<T>()();
-    }
-    if (rule_ == KO_FTRL || rule_ == KO_FTRL_V2) {
-      OP_REQUIRES(ctx, coefs[3] == static_cast<T>(-0.5),
-                  absl::InvalidArgumentError(
-                      "the fused Ftrl kernel supports learning_rate_power=-0.5 only; the "
-                      "value changed after the step was traced: trace again, or set "
-                      "KERAS_OPT_FUSED=0 / fused_kernels=False"));
-    }
+    OP_REQUIRES_OK(ctx, ReadDenseCoefs<T>(ctx, rule_, grad0 + n_, c_, coefs));
     LockedVars locked;
     OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, n_ + s_));
-    std::vector<KoTensor> ts(n_);
-    std::vector<int64_t> starts(n_ + 1, 0);
-    for (int i = 0; i < n_; ++i) {
-      Tensor* var = locked.tensor(i);
-      const Tensor& grad = ctx->input(grad0 + i);
-      OP_REQUIRES(ctx, var->shape().IsSameSize(grad.shape()),
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "var and grad do not have the same shape (variable ",
-                      HandleFromInput(ctx, i).name(), "): ", var->shape().DebugString(), " ",
-                      grad.shape().DebugString())));
-      KoTensor& t = ts[i];
-      t.var = var->data();
-      t.grad = grad.data();
-      t.size = var->NumElements();
-      for (int j = 0; j < 3; ++j) t.slot[j] = nullptr;
-      for (int j = 0; j < nslots; ++j) {
-        Tensor* slot = locked.tensor(n_ + j * n_ + i);
-        OP_REQUIRES(ctx, var->shape().IsSameSize(slot->shape()),
-                    absl::InvalidArgumentError(absl::StrCat(
-                        "var and slot do not have the same shape (variable ",
-                        HandleFromInput(ctx, i).name(), ", slot ",
-                        HandleFromInput(ctx, n_ + j * n_ + i).name(),
-                        "): ", var->shape().DebugString(), " ",
-                        slot->shape().DebugString())));
-        t.slot[j] = slot->data();
-      }
-      starts[i + 1] = starts[i] + t.size;
-    }
-    const int64_t total = starts[n_];
-    constexpr int64_t kBlock = 1024;
-    const int64_t blocks = (total + kBlock - 1) / kBlock;
-    const Isa& isa = PickIsa();
-    const KoTensor* tp = ts.data();
-    const int64_t* sp = starts.data();
-    const int rule = rule_;
-    const int64_t n = n_;
-    const int64_t bytes = static_cast<int64_t>(sizeof(T)) * (3 + 2 * nslots);
-    RunSharded(ctx, blocks, kBlock * (bytes + 20),
-               [&isa, rule, tp, sp, n, &coefs, total](int64_t b0, int64_t b1) {
-                 isa.dense(rule, KoDtypeOf<T>(), tp, sp, n, coefs, b0 * kBlock,
-                           std::min(total, b1 * kBlock));
-               });
+    OP_REQUIRES_OK(ctx, RunDense<T>(ctx, locked, rule_, n_, grad0, coefs));
   }
 
  private:
   int rule_, n_, s_, c_;
+};
+
+// A fixed list of variables (an optimizer step's variables, then their slots,
+// slot-major), made once so that a traced step passes one handle to
+// KerasOptFusedApplyGroup instead of one per variable and slot: a
+// tf.function's per-call cost grows with the number of handles it captures.
+// The group holds references to the variables themselves (not their buffers),
+// so assignments and restores are seen by the next update.
+class VarGroup : public ResourceBase {
+ public:
+  VarGroup(std::vector<Var*> vars, std::vector<std::string> names)
+      : vars_(std::move(vars)), names_(std::move(names)) {}
+  ~VarGroup() override {
+    for (Var* var : vars_) var->Unref();
+  }
+  std::string DebugString() const override {
+    return absl::StrCat("KerasOptVarGroup of ", vars_.size(), " variables");
+  }
+  const std::vector<Var*>& vars() const { return vars_; }
+  const std::vector<std::string>& names() const { return names_; }
+
+ private:
+  std::vector<Var*> vars_;  // each holds a reference
+  std::vector<std::string> names_;
+};
+
+class VarGroupOp : public OpKernel {
+ public:
+  explicit VarGroupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("names", &names_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int n = ctx->num_inputs();
+    OP_REQUIRES(ctx, names_.empty() || static_cast<int>(names_.size()) == n,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "names has ", names_.size(), " entries for ", n, " variables")));
+    std::vector<Var*> vars;
+    std::vector<std::string> names;
+    vars.reserve(n);
+    auto release = [&vars] {
+      for (Var* v : vars) v->Unref();
+    };
+    for (int i = 0; i < n; ++i) {
+      const ResourceHandle& handle = HandleFromInput(ctx, i);
+      Var* var = nullptr;
+      absl::Status s = LookupResource(ctx, handle, &var);
+      if (!s.ok()) {
+        release();
+        ctx->CtxFailure(absl::FailedPreconditionError(absl::StrCat(
+            "Could not find variable ", names_.empty() ? handle.name() : names_[i],
+            " (input ", i, "): ", s.message())));
+        return;
+      }
+      vars.push_back(var);  // LookupResource returned a reference
+      names.push_back(names_.empty() ? handle.name() : names_[i]);
+    }
+    tsl::AllocatorAttributes attr;
+    attr.set_on_host(true);
+    Tensor* out = nullptr;
+    absl::Status s = ctx->allocate_output(0, TensorShape({}), &out, attr);
+    if (!s.ok()) {
+      release();
+      ctx->CtxFailure(s);
+      return;
+    }
+    out->scalar<ResourceHandle>()() = ResourceHandle::MakeRefCountingHandle<VarGroup>(
+        new VarGroup(std::move(vars), std::move(names)), ctx->device()->name());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
+template <typename T>
+class FusedApplyGroupOp : public OpKernel {
+ public:
+  explicit FusedApplyGroupOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("N", &n_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("C", &c_));
+    OP_REQUIRES_OK(ctx, CheckDenseAttrs(rule_, n_, n_ * NumSlots(rule_), c_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    T coefs[8];
+    OP_REQUIRES_OK(ctx, ReadDenseCoefs<T>(ctx, rule_, 1 + n_, c_, coefs));
+    core::RefCountPtr<VarGroup> group;
+    OP_REQUIRES_OK(ctx, LookupResource(ctx, HandleFromInput(ctx, 0), &group));
+    const int want = n_ * (1 + NumSlots(rule_));
+    OP_REQUIRES(ctx, static_cast<int>(group->vars().size()) == want,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "The variable group has ", group->vars().size(), " variables; rule ", rule_,
+                    " with ", n_, " gradients needs ", want)));
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.AcquireList<T>(ctx, group->vars(), group->names()));
+    OP_REQUIRES_OK(ctx, RunDense<T>(ctx, locked, rule_, n_, 1, coefs));
+  }
+
+ private:
+  int rule_, n_, c_;
 };
 
 // The scalar coefficients inputs[first .. first + n) of a sparse op, as T.
@@ -486,6 +659,9 @@ class FusedIsaOp : public OpKernel {
   REGISTER_KERNEL_BUILDER(                                                               \
       Name("KerasOptFusedApply").Device(DEVICE_CPU).TypeConstraint<T>("T"),              \
       FusedApplyOp<T>);                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                               \
+      Name("KerasOptFusedApplyGroup").Device(DEVICE_CPU).TypeConstraint<T>("T"),         \
+      FusedApplyGroupOp<T>);                                                             \
   REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyAdam")                           \
                               .Device(DEVICE_CPU)                                        \
                               .TypeConstraint<T>("T")                                    \
@@ -513,6 +689,7 @@ KO_REGISTER(double)
 #undef KO_REGISTER
 
 REGISTER_KERNEL_BUILDER(Name("KerasOptFusedIsa").Device(DEVICE_CPU), FusedIsaOp);
+REGISTER_KERNEL_BUILDER(Name("KerasOptVarGroup").Device(DEVICE_CPU), VarGroupOp);
 
 }  // namespace
 }  // namespace tensorflow

@@ -50,6 +50,7 @@ import tensorflow as tf
 from tensorflow.python.util import tf_inspect
 
 from keras_opt.kernels import dispatch as fused_dispatch
+from keras_opt.kernels import groups as fused_groups
 from keras_opt.optimizer_v2 import (
     accumulation,
     base_arguments,
@@ -621,6 +622,14 @@ class OptimizerV2(
     def weights(self) -> list[tf.Variable]:
         """The optimizer's variables in creation order (``iter`` first)."""
         return self._weights
+
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type == "savedmodel":
+            # The fused kernels' variable groups a saved step captures
+            # (keras_opt.kernels.groups); checkpoints do not list them.
+            children.update(fused_groups.savedmodel_children(self))
+        return children
 
     def variables(self) -> list[tf.Variable]:
         """The optimizer's variables in creation order (``iter`` first)."""
