@@ -421,6 +421,7 @@ DECAY_CASES = [
     ("AdamW", dict(learning_rate=0.1)),
     ("SGD", dict(learning_rate=0.1, momentum=0.9, weight_decay=0.05)),
     ("RMSprop", dict(learning_rate=0.1, weight_decay=0.05)),
+    ("Nadam", dict(learning_rate=0.1, weight_decay=0.05)),
 ]
 
 
