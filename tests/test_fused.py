@@ -555,3 +555,38 @@ def test_nadam_graph_has_one_fused_op_per_group_and_no_composite_update():
     assert all(op.get_attr("rule") == dispatch.NADAM for op in fused)
     assert len([op for op in ops if op.type == "KerasOptFusedSparseApplyNadam"]) == 1
     assert not [op for op in ops if op.type in ("ResourceScatterAdd", "Sqrt")]
+
+
+@needs_library
+def test_sparse_nadam_op_errors_name_the_problem():
+    module = build.load()
+    w, m, v = (tf.Variable(tf.zeros([3, 2]), name=n) for n in ("w", "m", "v"))
+    scalars = dict(
+        beta1=0.9,
+        beta2=0.999,
+        one_minus_m_schedule_next=0.5,
+        v_t_prime_denominator=0.1,
+        m_t_1=0.4,
+        neg_lr=-0.1,
+        epsilon=1e-7,
+    )
+    rows = dict(g_term=tf.ones([1, 2]), m_scaled=tf.ones([1, 2]), v_scaled=tf.ones([1, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\] = 3"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle, m=m.handle, v=v.handle, indices=tf.constant([3]), **rows, **scalars
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="g_term, m_scaled and v_scaled"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle,
+            m=m.handle,
+            v=v.handle,
+            indices=tf.constant([0, 1], tf.int64),
+            **rows,
+            **scalars,
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle, m=m.handle, v=w.handle, indices=tf.constant([0]), **rows, **scalars
+        )
+    for x in (w, m, v):
+        np.testing.assert_array_equal(x.numpy(), np.zeros([3, 2]))
