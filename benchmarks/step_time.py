@@ -62,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 
 ALL_WORKLOADS = ("W1", "W2", "W3", "W4")
 ALL_OPTIMIZERS = ("adam", "sgd", "adagrad", "rmsprop", "ftrl", "adamw", "lion", "lazy_adam")
+ALL_OPTIMIZERS += ("nadam",)
 ALL_LIBS = ("keras_opt", "tf_keras", "keras3", "keras3_jit")
 # keras_opt_pv: keras_opt with fused_kernels=False (per-variable kernels);
 # torch_fused: torch.optim.<Opt>(fused=True or foreach) on CPU, only with --torch.
@@ -81,6 +82,7 @@ OPT_KWARGS = {
     "adamw": {},
     "lion": {},
     "lazy_adam": {},
+    "nadam": {},
 }
 # Keras 3 base arguments per --features name ("accum": timed steps alternate
 # between accumulating and applying, so the median is about the accumulate step).
@@ -107,6 +109,7 @@ OPT_CLASS = {
     "adamw": "AdamW",
     "lion": "Lion",
     "lazy_adam": "LazyAdam",
+    "nadam": "Nadam",
 }
 # No other library has a lazy Adam: its row times their Adam (which decays all
 # of m and v on a sparse step; Keras 3 densifies the gradient) against LazyAdam.
@@ -535,6 +538,7 @@ SLOTS = {
     "adamw": 2,
     "lion": 1,
     "lazy_adam": 2,
+    "nadam": 2,
 }
 
 
@@ -569,6 +573,8 @@ def bound_ms(wl: Workload, opt_name: str, bandwidth_gbs) -> float | None:
     rows = wl.num_unique_rows * wl.shapes[0][1] if wl.sparse else 0
     if wl.sparse and opt_name in ("adam", "adamw"):  # the exact path decays all of m, v
         nbytes = 4 * wl.num_params * 2 * (1 + slots) + 4 * wl.grads[0].values.shape.num_elements()
+    elif wl.sparse and opt_name == "nadam":  # decays all of m, v; updates var's rows
+        nbytes = 4 * wl.num_params * 2 * slots + 4 * rows * 3
     elif wl.sparse and opt_name == "rmsprop":
         nbytes = 4 * wl.num_params * 2 + 4 * rows * 3
     elif wl.sparse:

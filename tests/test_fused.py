@@ -39,20 +39,33 @@ HAVE_COMPILER = shutil.which(os.environ.get("CXX") or "g++") is not None
 
 def fused_case(name, kwargs) -> bool:
     """Is this configuration one the fused kernels cover (dense gradients)?"""
-    if name in ("Adamax", "Nadam", "Adadelta"):
+    if name in ("Adamax", "Adadelta"):
         return False
     return not (name == "Ftrl" and kwargs.get("learning_rate_power", -0.5) != -0.5)
 
 
 def train(
-    name, kwargs, dtype, fused, *, function, sparse=False, shapes=SHAPES, steps=STEPS, jit=False
+    name,
+    kwargs,
+    dtype,
+    fused,
+    *,
+    function,
+    sparse=False,
+    shapes=SHAPES,
+    steps=STEPS,
+    jit=False,
+    factory=None,
 ):
     rng = np.random.default_rng(5)
     variables = [
         tf.Variable(tf.cast(rng.uniform(-1, 1, s), dtype), name=f"v{i}")
         for i, s in enumerate(shapes)
     ]
-    opt = getattr(keras_opt, name)(fused_kernels=fused, **kwargs)
+    if factory is None:
+        opt = getattr(keras_opt, name)(fused_kernels=fused, **kwargs)
+    else:  # another library's optimizer (the oracle)
+        opt = factory(**kwargs)
     rows = shapes[-1][0] if shapes[-1] else 1
     stream = []
     for step in range(steps):
@@ -78,6 +91,8 @@ def train(
         state[f"v{i}"] = v.numpy()
         for slot in opt.get_slot_names():
             state[f"v{i}/{slot}"] = opt.get_slot(v, slot).numpy()
+    for j, w in enumerate(opt.weights):  # slots again, and e.g. Nadam's momentum cache
+        state[f"weight{j}"] = w.numpy()
     return state, kernels.last_paths(opt)
 
 
@@ -117,7 +132,7 @@ def test_dense_equals_per_variable(case, dtype, function):
 
 # Adam and RMSprop without momentum have a one-pass sparse op; RMSprop with
 # momentum keeps TF's sparse kernel (the pair takes the per-variable path).
-SPARSE_CASES = [c for c in CASES if c[0] in ("Adam", "RMSprop")]
+SPARSE_CASES = [c for c in CASES if c[0] in ("Adam", "RMSprop", "Nadam")]
 
 
 @pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
@@ -154,7 +169,9 @@ def test_large_tensor_equals_per_variable(case, dtype):
     assert_bits_equal(got, want)
 
 
-@pytest.mark.parametrize("name,kwargs", [("Adam", {}), ("RMSprop", dict(centered=True))])
+@pytest.mark.parametrize(
+    "name,kwargs", [("Adam", {}), ("RMSprop", dict(centered=True)), ("Nadam", {})]
+)
 def test_large_sparse_equals_composite(name, kwargs):
     shapes = [(3,), (20011, 7)]
     got, _ = train(name, kwargs, tf.float32, True, function=True, sparse=True, shapes=shapes)
@@ -405,6 +422,7 @@ DECAY_CASES = [
     ("AdamW", dict(learning_rate=0.1)),
     ("SGD", dict(learning_rate=0.1, momentum=0.9, weight_decay=0.05)),
     ("RMSprop", dict(learning_rate=0.1, weight_decay=0.05)),
+    ("Nadam", dict(learning_rate=0.1, weight_decay=0.05)),
 ]
 
 
@@ -429,3 +447,147 @@ def test_weight_decay_then_fused_equals_per_variable_order(case, sparse, functio
     assert want_paths["fused"] == [] and "_apply_one" in want_paths["reason"]
     if HAVE_COMPILER:
         assert paths["fused"], paths  # the dense variables at least
+
+
+# Nadam: the dense rule and the sparse one-pass op against the per-variable
+# composite ops and tf_keras legacy Nadam (the oracle the composite ops equal).
+# beta_2=0.99: with the default 0.999 (1.0 in bfloat16) bfloat16 runs into 0/0.
+NADAM_KWARGS = dict(learning_rate=0.1, beta_2=0.99, epsilon=1e-3, schedule_decay=0.01)
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_nadam_fused_equals_per_variable_and_tf_keras(dtype, sparse, function):
+    import tf_keras
+
+    shapes = SHAPES[:-1] + [(6, 3)] if sparse else SHAPES
+    run = dict(function=function, sparse=sparse, shapes=shapes)
+    got, paths = train("Nadam", NADAM_KWARGS, dtype, True, **run)
+    want, _ = train("Nadam", NADAM_KWARGS, dtype, False, **run)
+    oracle, _ = train(
+        "Nadam", NADAM_KWARGS, dtype, None, factory=tf_keras.optimizers.legacy.Nadam, **run
+    )
+    assert_bits_equal(got, want)
+    assert_bits_equal(want, oracle)
+    assert all(np.isfinite(np.asarray(x, np.float64)).all() for x in got.values())
+    if HAVE_COMPILER:
+        assert paths["fused"] == [f"v{i}:0" for i in range(len(shapes))], paths
+        assert paths["per_variable"] == [], paths
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+def test_nadam_momentum_cache_updated_once_per_step_with_two_dtype_groups(function):
+    """Two (device, dtype) groups: the cache (first variable's dtype) advances once a step."""
+    import tf_keras
+
+    results = []
+    for factory in (None, lambda **kw: keras_opt.Nadam(fused_kernels=False, **kw),
+                    tf_keras.optimizers.legacy.Nadam):  # fmt: skip
+        rng = np.random.default_rng(2)
+        dtypes = (tf.float32, tf.float16, tf.float32, tf.float64)
+        vs = [tf.Variable(tf.cast(rng.uniform(-1, 1, 5), d)) for d in dtypes]
+        opt = keras_opt.Nadam(**NADAM_KWARGS) if factory is None else factory(**NADAM_KWARGS)
+        stream = [[tf.cast(rng.standard_normal(5), d) for d in dtypes] for _ in range(4)]
+
+        def step(gs, opt=opt, vs=vs):
+            opt.apply_gradients(zip(gs, vs))
+
+        if function:
+            step = tf.function(step)
+        for gs in stream:
+            step(gs)
+        assert opt.weights[1].name.startswith("Nadam/momentum_cache")
+        state = [opt.weights[1].numpy()] + [v.numpy() for v in vs]
+        state += [opt.get_slot(v, s).numpy() for v in vs for s in ("m", "v")]
+        results.append((state, kernels.last_paths(opt)))
+    # The cache after 4 steps: prod of mu_t = beta_1 * (1 - 0.5 * 0.96^(decay * t)).
+    mu = [0.9 * (1 - 0.5 * 0.96 ** (0.01 * t)) for t in range(1, 5)]
+    np.testing.assert_allclose(results[0][0][0], np.prod(mu), rtol=1e-6)
+    for other in results[1:]:
+        for a, b in zip(results[0][0], other[0]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    if HAVE_COMPILER:
+        assert len(results[0][1]["fused"]) == 4 and results[0][1]["per_variable"] == []
+    assert results[1][1]["fused"] == []
+
+
+def test_nadam_subclass_overriding_the_update_falls_back():
+    class Overrides(keras_opt.Nadam):
+        def _prepare_local(self, var_device, var_dtype, apply_state):
+            super()._prepare_local(var_device, var_dtype, apply_state)
+
+    class SparseOverride(keras_opt.Nadam):
+        def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+            return super()._resource_apply_sparse(grad, var, indices, apply_state)
+
+    dense, table = tf.Variable([1.0, 2.0], name="dense"), tf.Variable(tf.ones([4, 2]), name="t")
+    grads = [
+        tf.constant([0.1, 0.2]),
+        tf.IndexedSlices(tf.ones([1, 2]), tf.constant([2]), tf.constant([4, 2])),
+    ]
+    opt = Overrides()
+    opt.apply_gradients(zip(grads, [dense, table]))
+    assert kernels.last_paths(opt)["fused"] == []
+    assert "no fused kernel" in kernels.last_paths(opt)["reason"]
+    opt = SparseOverride()
+    opt.apply_gradients(zip(grads, [dense, table]))
+    paths = kernels.last_paths(opt)
+    if HAVE_COMPILER:  # the dense variable still runs fused
+        assert paths["fused"] == ["dense:0"] and paths["per_variable"] == ["t:0"], paths
+        assert "sparse gradient" in paths["reason"]
+
+
+@needs_library
+def test_nadam_graph_has_one_fused_op_per_group_and_no_composite_update():
+    vars_ = [tf.Variable(tf.zeros([3], d)) for d in (tf.float32, tf.float16, tf.float32)]
+    table = tf.Variable(tf.zeros([4, 2]))
+    opt = keras_opt.Nadam()
+
+    @tf.function
+    def step():
+        grads = [(tf.ones([3], v.dtype), v) for v in vars_]
+        rows = tf.IndexedSlices(tf.ones([2, 2]), tf.constant([1, 3]), tf.constant([4, 2]))
+        opt.apply_gradients(grads + [(rows, table)])
+
+    ops = step.get_concrete_function().graph.get_operations()
+    fused = [op for op in ops if op.type == "KerasOptFusedApplyGroup"]
+    assert sorted(op.get_attr("T").name for op in fused) == ["float16", "float32"]
+    assert all(op.get_attr("rule") == dispatch.NADAM for op in fused)
+    assert len([op for op in ops if op.type == "KerasOptFusedSparseApplyNadam"]) == 1
+    assert not [op for op in ops if op.type in ("ResourceScatterAdd", "Sqrt")]
+
+
+@needs_library
+def test_sparse_nadam_op_errors_name_the_problem():
+    module = build.load()
+    w, m, v = (tf.Variable(tf.zeros([3, 2]), name=n) for n in ("w", "m", "v"))
+    scalars = dict(
+        beta1=0.9,
+        beta2=0.999,
+        one_minus_m_schedule_next=0.5,
+        v_t_prime_denominator=0.1,
+        m_t_1=0.4,
+        neg_lr=-0.1,
+        epsilon=1e-7,
+    )
+    rows = dict(g_term=tf.ones([1, 2]), m_scaled=tf.ones([1, 2]), v_scaled=tf.ones([1, 2]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\] = 3"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle, m=m.handle, v=v.handle, indices=tf.constant([3]), **rows, **scalars
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="g_term, m_scaled and v_scaled"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle,
+            m=m.handle,
+            v=v.handle,
+            indices=tf.constant([0, 1], tf.int64),
+            **rows,
+            **scalars,
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than once"):
+        module.keras_opt_fused_sparse_apply_nadam(
+            var=w.handle, m=m.handle, v=w.handle, indices=tf.constant([0]), **rows, **scalars
+        )
+    for x in (w, m, v):
+        np.testing.assert_array_equal(x.numpy(), np.zeros([3, 2]))

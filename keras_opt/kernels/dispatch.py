@@ -41,8 +41,9 @@ _DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 ADAM, ADAM_AMSGRAD, MOMENTUM, NESTEROV, ADAGRAD_V2 = 0, 1, 2, 3, 4
 RMSPROP, RMSPROP_CENTERED, RMSPROP_PLAIN, RMSPROP_PLAIN_CENTERED = 5, 6, 7, 8
 FTRL, FTRL_V2, SGD = 9, 10, 11
+NADAM = 12
 
-# sparse: None, "adam" or "rms" (the one-pass exact IndexedSlices update, if any).
+# sparse: None, "adam", "rms" or "nadam" (the one-pass exact IndexedSlices update, if any).
 Rule = collections.namedtuple("Rule", ["code", "slots", "coefs", "sparse"])
 
 
@@ -56,7 +57,15 @@ def _not_overridden(opt, base, names) -> bool:
 
 def rule_for(opt) -> tuple[Rule | None, str | None]:
     """The fused rule of ``opt`` (or None and why not)."""
-    from keras_opt.optimizer_v2 import adagrad, adam, ftrl, gradient_descent, optimizer_v2, rmsprop
+    from keras_opt.optimizer_v2 import (
+        adagrad,
+        adam,
+        ftrl,
+        gradient_descent,
+        nadam,
+        optimizer_v2,
+        rmsprop,
+    )
 
     if not _not_overridden(opt, optimizer_v2.OptimizerV2, ("_apply_one",)):
         return None, "the optimizer overrides _apply_one"
@@ -88,6 +97,31 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
                 c["epsilon"],
             ],
             sparse_ok,
+        ), None
+    if isinstance(opt, nadam.Nadam) and _not_overridden(
+        opt, nadam.Nadam, ("_resource_apply_dense", "_prepare_local", "_prepare")
+    ):
+        sparse_ok = _not_overridden(
+            opt,
+            nadam.Nadam,
+            ("_resource_apply_sparse", "_resource_apply_sparse_duplicate_indices"),
+        )
+        # The momentum cache is updated once per step by `_prepare_local`
+        # (shared by both paths); the kernel gets its result, m_schedule_new.
+        return Rule(
+            NADAM,
+            ("m", "v"),
+            lambda c: [
+                c["lr_t"],
+                c["beta_1_t"],
+                c["beta_2_t"],
+                c["epsilon"],
+                c["m_schedule_new"],
+                c["m_t_1"],
+                c["one_minus_m_t"],
+                c["v_t_prime_denominator"],
+            ],
+            "nadam" if sparse_ok else None,
         ), None
     if isinstance(opt, gradient_descent.SGD) and _not_overridden(
         opt, gradient_descent.SGD, ("_resource_apply_dense", "_prepare_local")
@@ -334,6 +368,8 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
             values, indices = _dedup(grad)
             if rule.sparse == "adam":
                 op = _sparse_adam(module, coef, var, slots, values, indices, use_locking)
+            elif rule.sparse == "nadam":
+                op = _sparse_nadam(module, coef, var, slots, values, indices, use_locking)
             else:
                 op = _sparse_rms(module, coef, var, slots, values, indices, use_locking)
             if op is not None:
@@ -363,6 +399,30 @@ def _sparse_adam(module, coef, var, slots, values, indices, use_locking):
         beta1=coef["beta_1_t"],
         beta2=coef["beta_2_t"],
         lr=coef["lr"],
+        epsilon=coef["epsilon"],
+        use_locking=use_locking,
+    )
+
+
+def _sparse_nadam(module, coef, var, slots, values, indices, use_locking):
+    # The row terms by the TF ops of Nadam's composite sparse path, in its order.
+    g_term = coef["one_minus_m_t"] * (values / coef["one_minus_m_schedule_new"])
+    m_scaled = values * coef["one_minus_beta_1_t"]
+    v_scaled = values * values * coef["one_minus_beta_2_t"]
+    return module.keras_opt_fused_sparse_apply_nadam(
+        var=var.handle,
+        m=slots[0].handle,
+        v=slots[1].handle,
+        g_term=g_term,
+        m_scaled=m_scaled,
+        v_scaled=v_scaled,
+        indices=indices,
+        beta1=coef["beta_1_t"],
+        beta2=coef["beta_2_t"],
+        one_minus_m_schedule_next=coef["one_minus_m_schedule_next"],
+        v_t_prime_denominator=coef["v_t_prime_denominator"],
+        m_t_1=coef["m_t_1"],
+        neg_lr=coef["neg_lr_t"],
         epsilon=coef["epsilon"],
         use_locking=use_locking,
     )

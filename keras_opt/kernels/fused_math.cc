@@ -146,28 +146,38 @@ inline T sgn(T x, T zero, T one, T minus_one) {
 // Scalars of one call, computed once (in T, as the TF kernels do).
 template <typename T>
 struct Scal {
-  T c[6];
+  T c[8];
   T alpha;   // Adam: lr * sqrt(1 - b2p) / (1 - b1p)
   T omb1;    // 1 - b1
   T omb2;    // 1 - b2
   T two_a;   // Ftrl: 2 * l2
   T two_b;   // FtrlV2: 2 * l2_shrinkage
+  T omsn;    // Nadam: 1 - m_schedule_new
+  T omsn_next;  // Nadam: 1 - m_schedule_new * m_t_1
   T zero, one, minus_one;
 };
 
 template <typename T>
 Scal<T> make_scal(int rule, const T* c) {
   Scal<T> s;
-  for (int i = 0; i < 6; ++i) s.c[i] = c[i];
+  const int nc = rule == KO_NADAM ? 8 : 6;
+  for (int i = 0; i < nc; ++i) s.c[i] = c[i];
   s.zero = cst<T>(0.0);
   s.one = cst<T>(1.0);
   s.minus_one = cst<T>(-1.0);
-  s.alpha = s.omb1 = s.omb2 = s.two_a = s.two_b = s.zero;
+  s.alpha = s.omb1 = s.omb2 = s.two_a = s.two_b = s.omsn = s.omsn_next = s.zero;
   if (rule == KO_ADAM || rule == KO_ADAM_AMSGRAD) {
     // alpha = lr() * sqrt(T(1) - beta2_power()) / (T(1) - beta1_power())
     s.alpha = dvd(mul(c[2], sqr(sub(s.one, c[1]))), sub(s.one, c[0]));
     s.omb1 = sub(s.one, c[3]);
     s.omb2 = sub(s.one, c[4]);
+  } else if (rule == KO_NADAM) {
+    // The scalar ops of nadam.py's _prepare_local (one rounding each in T):
+    // 1 - beta_1, 1 - beta_2, 1 - m_schedule_new, 1 - m_schedule_new * m_t_1.
+    s.omb1 = sub(s.one, c[1]);
+    s.omb2 = sub(s.one, c[2]);
+    s.omsn = sub(s.one, c[4]);
+    s.omsn_next = sub(s.one, mul(c[4], c[5]));
   } else if (rule == KO_RMSPROP || rule == KO_RMSPROP_CENTERED) {
     s.omb1 = sub(s.one, c[1]);  // 1 - rho
   } else if (rule == KO_FTRL || rule == KO_FTRL_V2) {
@@ -199,6 +209,26 @@ void run(const KoTensor& t, int64_t lo, int64_t hi, const Scal<T>& s) {
         s2[i] = d;
       }
       w[i] = sub(w[i], dvd(mul(m, alpha), add(sqr(d), eps)));
+    }
+  } else if (R == KO_NADAM) {
+    // nadam.py's _resource_apply_dense, op by op:
+    // g' = g / (1 - msn); m = b1 * m + (1 - b1) * g; m' = m / (1 - msn_next);
+    // v = b2 * v + (1 - b2) * square(g); v' = v / v_den;
+    // m_bar = (1 - m_t) * g' + m_t_1 * m'; var = var - lr * m_bar / (sqrt(v') + eps)
+    const T lr = s.c[0], b1 = s.c[1], b2 = s.c[2], eps = s.c[3], mt1 = s.c[5];
+    const T omm_t = s.c[6], vden = s.c[7], omb1 = s.omb1, omb2 = s.omb2;
+    const T omsn = s.omsn, omsn_next = s.omsn_next;
+    for (int64_t i = lo; i < hi; ++i) {
+      const T g = gp[i];
+      const T g_prime = dvd(g, omsn);
+      const T m = add(mul(b1, s0[i]), mul(omb1, g));
+      s0[i] = m;
+      const T m_prime = dvd(m, omsn_next);
+      const T v = add(mul(b2, s1[i]), mul(omb2, mul(g, g)));
+      s1[i] = v;
+      const T v_prime = dvd(v, vden);
+      const T m_bar = add(mul(omm_t, g_prime), mul(mt1, m_prime));
+      w[i] = sub(w[i], dvd(mul(lr, m_bar), add(sqr(v_prime), eps)));
     }
   } else if (R == KO_MOMENTUM || R == KO_NESTEROV) {
     const T lr = s.c[0], mom = s.c[1];
@@ -308,6 +338,7 @@ void dense(int rule, const KoTensor* ts, const int64_t* starts, int64_t n, const
       KO_CASE(KO_FTRL)
       KO_CASE(KO_FTRL_V2)
       KO_CASE(KO_SGD)
+      KO_CASE(KO_NADAM)
 #undef KO_CASE
       default:
         break;
@@ -426,7 +457,64 @@ void sparse_rms_t(void* w, void* ms, void* mg, const void* msa, const void* mga,
   }
 }
 
+template <typename T>
+void sparse_nadam(T* __restrict__ w, T* __restrict__ m, T* __restrict__ v,
+                  const T* __restrict__ gt, const T* __restrict__ ma, const T* __restrict__ va,
+                  const int64_t* pos, int64_t row_size, const T* c, int64_t r0, int64_t r1) {
+  // nadam.py's composite sparse ops: m = m * b1; m[idx] += ma (= g * (1 - b1));
+  // v = v * b2; v[idx] += va (= g * g * (1 - b2)); on the rows idx:
+  // m_bar = gt (= (1 - m_t) * (g / (1 - msn))) + m_t_1 * (m / omsn_next);
+  // var[idx] += (neg_lr * m_bar) / (sqrt(v / v_den) + eps). The row terms gt,
+  // ma, va come from TF ops, as on the composite path.
+  const T b1 = c[0], b2 = c[1], omsn_next = c[2], vden = c[3], mt1 = c[4], neg_lr = c[5];
+  const T eps = c[6];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t base = r * row_size;
+    const int64_t p = pos[r];
+    if (p >= 0) {
+      const int64_t q = p * row_size;
+      for (int64_t j = 0; j < row_size; ++j) {
+        const int64_t i = base + j;
+        const T mm = add(mul(m[i], b1), ma[q + j]);
+        m[i] = mm;
+        const T m_bar = add(gt[q + j], mul(mt1, dvd(mm, omsn_next)));
+        const T vv = add(mul(v[i], b2), va[q + j]);
+        v[i] = vv;
+        const T denom = add(sqr(dvd(vv, vden)), eps);
+        w[i] = add(w[i], dvd(mul(neg_lr, m_bar), denom));
+      }
+    } else {
+      for (int64_t j = 0; j < row_size; ++j) {
+        const int64_t i = base + j;
+        m[i] = mul(m[i], b1);
+        v[i] = mul(v[i], b2);
+      }
+    }
+  }
+}
+
+template <typename T>
+void sparse_nadam_t(void* w, void* m, void* v, const void* gt, const void* ma, const void* va,
+                    const int64_t* pos, int64_t row_size, const void* c, int64_t r0, int64_t r1) {
+  sparse_nadam<T>(static_cast<T*>(w), static_cast<T*>(m), static_cast<T*>(v),
+                  static_cast<const T*>(gt), static_cast<const T*>(ma),
+                  static_cast<const T*>(va), pos, row_size, static_cast<const T*>(c), r0, r1);
+}
+
 }  // namespace
+
+extern "C" void KO_CAT(ko_sparse_nadam, KO_ISA)(int dtype, void* w, void* m, void* v,
+                                                const void* gt, const void* ma, const void* va,
+                                                const int64_t* pos, int64_t row_size,
+                                                const void* c, int64_t r0, int64_t r1) {
+  switch (dtype) {
+    case KO_F16: sparse_nadam_t<H>(w, m, v, gt, ma, va, pos, row_size, c, r0, r1); break;
+    case KO_BF16: sparse_nadam_t<B>(w, m, v, gt, ma, va, pos, row_size, c, r0, r1); break;
+    case KO_F32: sparse_nadam_t<float>(w, m, v, gt, ma, va, pos, row_size, c, r0, r1); break;
+    case KO_F64: sparse_nadam_t<double>(w, m, v, gt, ma, va, pos, row_size, c, r0, r1); break;
+    default: break;
+  }
+}
 
 extern "C" void KO_CAT(ko_sparse_rms, KO_ISA)(int dtype, void* w, void* ms, void* mg,
                                               const void* msa, const void* mga, const void* num,

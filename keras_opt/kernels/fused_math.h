@@ -23,7 +23,10 @@ enum KoRule {
   KO_FTRL = 9,              // slots accum, linear; coefs lr, l1, l2, lr_power
   KO_FTRL_V2 = 10,          // as KO_FTRL plus l2_shrinkage
   KO_SGD = 11,              // no slots;          coefs lr
-  KO_NUM_RULES = 12
+  // Nadam's composite ops (nadam.py): slots m, v; coefs lr, b1, b2, eps,
+  // m_schedule_new, m_t_1, one_minus_m_t, v_t_prime_denominator.
+  KO_NADAM = 12,
+  KO_NUM_RULES = 13
 };
 
 // dtype codes
@@ -60,6 +63,22 @@ typedef void (*KoSparseRmsFn)(int dtype, void* var, void* ms, void* mg, const vo
                               int64_t row_size, const void* coefs, int64_t row_begin,
                               int64_t row_end);
 
+// Exact sparse Nadam (nadam.py's composite ops) over rows [row_begin, row_end):
+// every row of m and v is decayed (m * b1, v * b2); rows with pos[row] >= 0
+// add row pos of m_add / v_add and update var:
+// var += (neg_lr * (g_term + m_t_1 * (m / omsn_next))) / (sqrt(v / v_den) + eps).
+// coefs: b1, b2, omsn_next, v_den, m_t_1, neg_lr, eps.
+typedef void (*KoSparseNadamFn)(int dtype, void* var, void* m, void* v, const void* g_term,
+                                const void* m_add, const void* v_add, const int64_t* pos,
+                                int64_t row_size, const void* coefs, int64_t row_begin,
+                                int64_t row_end);
+
+void ko_sparse_nadam_sse2(int, void*, void*, void*, const void*, const void*, const void*,
+                          const int64_t*, int64_t, const void*, int64_t, int64_t);
+void ko_sparse_nadam_avx2(int, void*, void*, void*, const void*, const void*, const void*,
+                          const int64_t*, int64_t, const void*, int64_t, int64_t);
+void ko_sparse_nadam_avx512(int, void*, void*, void*, const void*, const void*, const void*,
+                            const int64_t*, int64_t, const void*, int64_t, int64_t);
 void ko_sparse_rms_sse2(int, void*, void*, void*, const void*, const void*, const void*,
                         const int64_t*, int64_t, const void*, int64_t, int64_t);
 void ko_sparse_rms_avx2(int, void*, void*, void*, const void*, const void*, const void*,

@@ -112,6 +112,7 @@ struct Isa {
   KoDenseFn dense;
   KoSparseAdamFn sparse_adam;
   KoSparseRmsFn sparse_rms;
+  KoSparseNadamFn sparse_nadam;
 };
 
 // Picked once at load time from the CPU (KERAS_OPT_FUSED_ISA may lower it).
@@ -122,9 +123,16 @@ const Isa& PickIsa() {
     const std::string want = env ? env : "";
     const bool avx512 = __builtin_cpu_supports("avx512f") && want != "avx2" && want != "sse2";
     const bool avx2 = __builtin_cpu_supports("avx2") && want != "sse2";
-    if (avx512) return Isa{"avx512", ko_dense_avx512, ko_sparse_adam_avx512, ko_sparse_rms_avx512};
-    if (avx2) return Isa{"avx2", ko_dense_avx2, ko_sparse_adam_avx2, ko_sparse_rms_avx2};
-    return Isa{"sse2", ko_dense_sse2, ko_sparse_adam_sse2, ko_sparse_rms_sse2};
+    if (avx512) {
+      return Isa{"avx512", ko_dense_avx512, ko_sparse_adam_avx512, ko_sparse_rms_avx512,
+                 ko_sparse_nadam_avx512};
+    }
+    if (avx2) {
+      return Isa{"avx2", ko_dense_avx2, ko_sparse_adam_avx2, ko_sparse_rms_avx2,
+                 ko_sparse_nadam_avx2};
+    }
+    return Isa{"sse2", ko_dense_sse2, ko_sparse_adam_sse2, ko_sparse_rms_sse2,
+               ko_sparse_nadam_sse2};
   }();
   return isa;
 }
@@ -146,6 +154,7 @@ int NumSlots(int rule) {
     case KO_MOMENTUM: case KO_NESTEROV: case KO_ADAGRAD_V2: case KO_RMSPROP_PLAIN: return 1;
     case KO_ADAM: case KO_RMSPROP: case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL:
     case KO_FTRL_V2: return 2;
+    case KO_NADAM: return 2;
     case KO_ADAM_AMSGRAD: case KO_RMSPROP_CENTERED: return 3;
     default: return -1;
   }
@@ -158,6 +167,7 @@ int NumCoefs(int rule) {
     case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL: return 4;
     case KO_FTRL_V2: return 5;
     case KO_ADAM: case KO_ADAM_AMSGRAD: return 6;
+    case KO_NADAM: return 8;
     default: return -1;
   }
 }
@@ -645,6 +655,80 @@ class FusedSparseApplyRmsOp : public OpKernel {
   int a_;
 };
 
+// KerasOptFusedSparseApplyNadam(var, m, v, the row terms of nadam.py's
+// composite sparse path computed by TF ops (g_term = (1 - m_t) * (g / (1 -
+// m_schedule_new)), m_scaled = g * (1 - b1), v_scaled = g * g * (1 - b2)),
+// unique indices, 7 scalars): one pass that decays every row of m and v, adds
+// the rows and updates var's rows as the composite ops do.
+REGISTER_OP("KerasOptFusedSparseApplyNadam")
+    .Input("var: resource")
+    .Input("m: resource")
+    .Input("v: resource")
+    .Input("g_term: T")
+    .Input("m_scaled: T")
+    .Input("v_scaled: T")
+    .Input("indices: Tindices")
+    .Input("beta1: T")
+    .Input("beta2: T")
+    .Input("one_minus_m_schedule_next: T")
+    .Input("v_t_prime_denominator: T")
+    .Input("m_t_1: T")
+    .Input("neg_lr: T")
+    .Input("epsilon: T")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("use_locking: bool = false")
+    .SetIsStateful()
+    .SetShapeFn(shape_inference::NoOutputs);
+
+template <typename T, typename Index>
+class FusedSparseApplyNadamOp : public OpKernel {
+ public:
+  explicit FusedSparseApplyNadamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    constexpr int nv = 3;
+    const Tensor& g_term = ctx->input(nv);
+    const Tensor& m_scaled = ctx->input(nv + 1);
+    const Tensor& v_scaled = ctx->input(nv + 2);
+    const Tensor& indices = ctx->input(nv + 3);
+    T coefs[7];
+    OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 4, 7, coefs));
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
+    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
+    Tensor* var = locked.tensor(0);
+    const int64_t rows = var->dim_size(0);
+    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
+                absl::InvalidArgumentError("indices must be one-dimensional"));
+    TensorShape want = var->shape();
+    want.set_dim(0, indices.dim_size(0));
+    OP_REQUIRES(ctx, g_term.shape().IsSameSize(want) && m_scaled.shape().IsSameSize(want) &&
+                         v_scaled.shape().IsSameSize(want),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "g_term, m_scaled and v_scaled must be var.shape with the first dimension "
+                    "of indices: ", g_term.shape().DebugString(), ", ",
+                    m_scaled.shape().DebugString(), ", ", v_scaled.shape().DebugString(),
+                    " vs ", want.DebugString())));
+    std::vector<int64_t> pos;
+    OP_REQUIRES_OK(ctx, RowPositions<Index>(indices, rows, &pos));
+    const Isa& isa = PickIsa();
+    void* w = var->data();
+    void* m = locked.tensor(1)->data();
+    void* v = locked.tensor(2)->data();
+    const void* gt = g_term.data();
+    const void* ma = m_scaled.data();
+    const void* va = v_scaled.data();
+    const int64_t* pp = pos.data();
+    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 6 + 20),
+               [&isa, w, m, v, gt, ma, va, pp, row_size, &coefs](int64_t r0, int64_t r1) {
+                 isa.sparse_nadam(KoDtypeOf<T>(), w, m, v, gt, ma, va, pp, row_size, coefs, r0,
+                                  r1);
+               });
+  }
+};
+
 class FusedIsaOp : public OpKernel {
  public:
   explicit FusedIsaOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -681,7 +765,17 @@ class FusedIsaOp : public OpKernel {
                               .Device(DEVICE_CPU)                                        \
                               .TypeConstraint<T>("T")                                    \
                               .TypeConstraint<int64_t>("Tindices"),                      \
-                          FusedSparseApplyRmsOp<T, int64_t>);
+                          FusedSparseApplyRmsOp<T, int64_t>);                            \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyNadam")                          \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int32>("Tindices"),                        \
+                          FusedSparseApplyNadamOp<T, int32>);                            \
+  REGISTER_KERNEL_BUILDER(Name("KerasOptFusedSparseApplyNadam")                          \
+                              .Device(DEVICE_CPU)                                        \
+                              .TypeConstraint<T>("T")                                    \
+                              .TypeConstraint<int64_t>("Tindices"),                      \
+                          FusedSparseApplyNadamOp<T, int64_t>);
 KO_REGISTER(Eigen::half)
 KO_REGISTER(Eigen::bfloat16)
 KO_REGISTER(float)

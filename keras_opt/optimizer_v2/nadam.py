@@ -103,6 +103,7 @@ class Nadam(optimizer_v2.OptimizerV2):
             one_minus_beta_1_t=1 - beta_1_t,
             one_minus_beta_2_t=1 - beta_2_t,
             one_minus_m_t=1.0 - m_t,
+            m_schedule_new=m_schedule_new,  # for the fused kernel (keras_opt.kernels)
             one_minus_m_schedule_new=1.0 - m_schedule_new,
             one_minus_m_schedule_next=1.0 - m_schedule_next,
             v_t_prime_denominator=1.0 - tf.pow(beta_2_t, local_step),

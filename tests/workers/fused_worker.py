@@ -36,6 +36,7 @@ CONFIGS = [
     ("RMSprop", dict(learning_rate=0.1)),
     ("RMSprop", dict(learning_rate=0.1, momentum=0.5, centered=True)),
     ("Ftrl", dict(learning_rate=0.1, l2_shrinkage_regularization_strength=0.1)),
+    ("Nadam", dict(learning_rate=0.1, beta_2=0.99)),
 ]
 # MirroredStrategy's gradient all-reduce fails on 0-d gradients (in TensorFlow's
 # batch_reduce_to, with or without the fused kernels): no () under `mirrored`.
@@ -94,6 +95,9 @@ def train(name, kwargs, dtype, fused, sparse=False, strategy=None, steps=3):
             s = opt.get_slot(v, slot)
             values = strategy.experimental_local_results(s) if strategy else [s]
             state += [x.numpy() for x in values]
+    for w in opt.weights:  # also Nadam's momentum cache
+        values = strategy.experimental_local_results(w) if strategy else [w]
+        state += [x.numpy() for x in values]
     return state, kernels.last_paths(opt)
 
 
@@ -116,7 +120,7 @@ def main():
     if MODE == "mirrored":
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         for name, kwargs in CONFIGS:
-            for sparse in (False, True) if name in ("Adam", "RMSprop") else (False,):
+            for sparse in (False, True) if name in ("Adam", "RMSprop", "Nadam") else (False,):
                 a, paths = train(name, kwargs, tf.float32, True, sparse, strategy)
                 b, _ = train(name, kwargs, tf.float32, False, sparse, strategy)
                 out["cases"].append(
@@ -138,7 +142,9 @@ def main():
         for name, kwargs in CONFIGS:
             for dtype in (tf.float16, tf.bfloat16, tf.float32, tf.float64):
                 # (TF has no bfloat16 sparse RMSprop-with-momentum kernel.)
-                sparse = name == "Adam" or (name == "RMSprop" and "momentum" not in kwargs)
+                sparse = name in ("Adam", "Nadam") or (
+                    name == "RMSprop" and "momentum" not in kwargs
+                )
                 a, paths = train(name, kwargs, dtype, True, sparse=sparse)
                 b, _ = train(name, kwargs, dtype, False, sparse=sparse)
                 out["cases"].append(
