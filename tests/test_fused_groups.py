@@ -84,8 +84,7 @@ def fused_cases():
     return [
         c
         for c in CASES
-        if c[0] not in ("Adamax", "Adadelta")
-        and c[1].get("learning_rate_power", -0.5) == -0.5
+        if c[0] not in ("Adamax", "Adadelta") and c[1].get("learning_rate_power", -0.5) == -0.5
     ]
 
 
