@@ -1,10 +1,12 @@
 """Routes the eligible (grad, var) pairs of an apply step to the fused kernels.
 
 ``OptimizerV2._distributed_apply`` calls `apply_fused` once per step. It groups
-the pairs the fused ops cover by (device, dtype) and emits one
-``KerasOptFusedApply`` op per group (and one ``KerasOptFusedSparseApplyAdam``
-per sparse Adam variable); every other pair is returned and takes the
-per-variable ``_apply_one`` path. The fused ops compute the same bits as the
+the pairs the fused ops cover by (device, dtype) and emits one op per group:
+``KerasOptFusedApplyGroup`` on a variable-group handle inside a ``tf.function``
+(see groups.py), ``KerasOptFusedApply`` with every handle otherwise; and one
+exact sparse op (Adam, Nadam, RMSprop without momentum) per ``IndexedSlices``
+variable. Every other pair is returned and takes the per-variable
+``_apply_one`` path. The fused ops compute the same bits as the
 per-variable kernels, so this is on by default. It falls back (with a debug
 log line, and the reason in `last_paths`) when:
 
