@@ -202,13 +202,21 @@ def _strategy_ok(distribution) -> tuple[bool, str | None]:
 # taken, a tiny op of the library (KerasOptFusedIsa) runs eagerly once on each
 # worker and on each ps that holds a variable, and the answer is kept per
 # device and address. A missing library means the per-variable path: for every
-# variable if a worker lacks it, for that ps's variables if a ps does.
+# variable if a worker lacks it, for that ps's variables if a ps does. A peer
+# that cannot be reached (a worker down when the step is traced) counts as
+# missing for that trace, and is asked again at the next one.
 #
 # Variable groups (groups.py) work here as they do locally: a group is created
 # eagerly on the coordinator, placed on its ps (it holds the CachingVariables'
 # handles, which live there), and the workers' function captures its handle as
 # it captures the variables'. The probe also covers them (same library).
 _PROBED: dict = {}  # (device, address) -> None (kernels there) or why not
+_TRANSIENT = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
 _PROBE_LOCK = threading.Lock()
 
 
@@ -259,7 +267,7 @@ def _ps_kernels_missing(distribution, devices) -> str | None:
             missing.append(why)
     if not missing:
         return None
-    return "no keras_opt kernels in the process of " + ", ".join(missing)
+    return "no keras_opt kernels confirmed in the process of " + ", ".join(missing)
 
 
 def _probe(device: str, address: str) -> str | None:
@@ -284,6 +292,8 @@ def _probe(device: str, address: str) -> str | None:
                 message = message[:100] + "..."
             why = f"{where} ({type(exc).__name__}: {message})"
             logger.debug("keras_opt fused kernels unavailable on %s: %s", device, why)
+            if isinstance(exc, _TRANSIENT):
+                return why  # a peer down now: this step falls back, a later trace asks again
         _PROBED[key] = why
         return why
 
