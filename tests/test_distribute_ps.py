@@ -359,10 +359,18 @@ def _expected_fused(name: str, var: str) -> bool:
     """Whether ``var`` should take the fused ops when its ps has them.
 
     Dense gradients: every rule here has a fused op. IndexedSlices (the
-    embedding's shards): Adam has a one-pass fused sparse op; SGD momentum does
-    not (it keeps TF's ResourceSparseApplyKerasMomentum).
+    embedding's shards): Adam and RMSprop without momentum have a one-pass
+    fused sparse op; SGD momentum does not (it keeps TF's
+    ResourceSparseApplyKerasMomentum).
     """
-    return not _sparse(name, var) or PS_CONFIGS[name]["opt"] == "adam"
+    return not _sparse(name, var) or PS_CONFIGS[name]["opt"] in SPARSE_FUSED_OPS
+
+
+# The fused sparse op of each optimizer configuration that has one.
+SPARSE_FUSED_OPS = {
+    "adam": "KerasOptFusedSparseApplyAdam",
+    "rmsprop_plain": "KerasOptFusedSparseApplyRMSProp",
+}
 
 
 def _sparse(name: str, var: str) -> bool:
@@ -387,7 +395,10 @@ def test_fused_kernels_on_ps_equal_the_per_variable_path(ps, name):
     dense_devices = {d for v, d in devices.items() if not _sparse(name, v)}
     ops = [tuple(op) for op in fused["ops"]]
     assert sorted(d for t, d in ops if t == "KerasOptFusedApplyGroup") == sorted(dense_devices)
-    sparse_ops = sorted(d for t, d in ops if t == "KerasOptFusedSparseApplyAdam")
+    sparse_ops = sorted(d for t, d in ops if t.startswith("KerasOptFusedSparseApply"))
+    assert {t for t, _ in ops} - {"KerasOptFusedApplyGroup"} <= {
+        SPARSE_FUSED_OPS.get(PS_CONFIGS[name]["opt"])
+    }
     expected_sparse = sorted(
         d for v, d in devices.items() if _sparse(name, v) and _expected_fused(name, v)
     )
