@@ -23,7 +23,8 @@ process's eager context), under hard deadlines:
 * tests/workers/dist_ps_fused.py with three dist_ps_server.py processes (1
   worker, 2 ps): the worker and ps 0 load keras_opt's op library, ps 1 does
   not. keras_opt's fused kernels run on ps 0, ps 1's variables fall back, and
-  the numbers equal fused_kernels=False bit for bit. The in-process cluster
+  the numbers equal fused_kernels=False bit for bit (steps run by the workers
+  in a tf.function, and eager steps run by the coordinator). The in-process cluster
   above, whose ps all have the library, runs them on both ps, also checked
   against fused_kernels=False.
 """
@@ -482,6 +483,24 @@ def test_ps_without_kernels_falls_back_with_the_same_bits(ps_fused, name):
     ), fused["ops"]
     assert per_variable["paths"]["fused"] == [] and per_variable["ops"] == []
     ours, theirs = _under(arrays, f"{name}/fused/"), _under(arrays, f"{name}/per_variable/")
+    assert ours and sorted(ours) == sorted(theirs)
+    assert int(ours["iterations"]) == STEPS
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+def test_eager_steps_on_the_coordinator_fuse_on_the_ps_with_kernels(ps_fused):
+    """strategy.run outside a function: the fused ops run eagerly on ps 0."""
+    arrays, meta = ps_fused
+    record = dist_utils.worker_result(meta, "eager")
+    name, fused, per_variable = record["name"], record["fused"], record["per_variable"]
+    devices = fused["devices"]
+    on_ps0 = {v for v, d in devices.items() if d.startswith("/job:ps/replica:0/task:0/")}
+    assert set(fused["paths"]["fused"]) == {v for v in on_ps0 if _expected_fused(name, v)}
+    assert fused["paths"]["fused"], fused["paths"]
+    assert "/job:ps/replica:0/task:1 (" in fused["paths"]["reason"], fused["paths"]
+    assert per_variable["paths"]["fused"] == []
+    ours, theirs = _under(arrays, "eager/fused/"), _under(arrays, "eager/per_variable/")
     assert ours and sorted(ours) == sorted(theirs)
     assert int(ours["iterations"]) == STEPS
     for key in ours:
