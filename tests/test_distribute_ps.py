@@ -1,6 +1,6 @@
 """keras_opt under ParameterServerStrategy with a ClusterCoordinator.
 
-Two runs, each in processes of their own (a ParameterServerStrategy rewires its
+Three runs, each in processes of their own (a ParameterServerStrategy rewires its
 process's eager context), under hard deadlines:
 
 * tests/workers/dist_ps.py: an in-process cluster (2 workers, 2 ps) whose
@@ -18,6 +18,15 @@ process's eager context), under hard deadlines:
   dist_ps_server.py worker processes: worker 1 is SIGKILLed mid-training;
   the coordinator finishes on worker 0 and no applied update is lost (the
   definition is in dist_ps_fault.py and test_killed_worker_loses_no_applied_update).
+  Its workers never load keras_opt's op library: the step takes the
+  per-variable path, and says why.
+* tests/workers/dist_ps_fused.py with three dist_ps_server.py processes (1
+  worker, 2 ps): the worker and ps 0 load keras_opt's op library, ps 1 does
+  not. keras_opt's fused kernels run on ps 0, ps 1's variables fall back, and
+  the numbers equal fused_kernels=False bit for bit (steps run by the workers
+  in a tf.function, and eager steps run by the coordinator). The in-process cluster
+  above, whose ps all have the library, runs them on both ps, also checked
+  against fused_kernels=False.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ sys.path.insert(0, dist_utils.WORKERS_DIR)
 from dist_configs import (  # noqa: E402 (needs the workers directory on the path)
     PS_ASYNC_STEPS,
     PS_CONFIGS,
+    PS_FUSED_TWINS,
     PS_RESTORE_TARGETS,
     PS_SHARDS,
     STEPS,
@@ -48,6 +58,7 @@ ATOL = RTOL = 1e-6  # as in test_distribute_mirrored.py
 # test files add up to under 10 minutes, the CI budget of the set.
 TIMEOUT_S = 120
 FAULT_TIMEOUT_S = 90
+FUSED_TIMEOUT_S = 120
 NAMES = list(PS_CONFIGS)
 CKPT_NAMES = [n for n in NAMES if PS_CONFIGS[n]["restore_replicas"] is not None]
 TARGETS = [target for target, _, _ in PS_RESTORE_TARGETS]
@@ -340,3 +351,175 @@ def test_killed_worker_loses_no_applied_update(fault):
     assert updates == int(updates), "the counter moves by exactly one learning rate per update"
     assert steps <= record["iterations"] <= updates <= steps + 1
     assert max(record["fetched"]) <= record["iterations"]
+
+
+# ------------------------------------------------------------------- fused kernels
+
+
+def _expected_fused(name: str, var: str) -> bool:
+    """Whether ``var`` should take the fused ops when its ps has them.
+
+    Dense gradients: every rule here has a fused op. IndexedSlices (the
+    embedding's shards): Adam and RMSprop without momentum have a one-pass
+    fused sparse op; SGD momentum does not (it keeps TF's
+    ResourceSparseApplyKerasMomentum).
+    """
+    return not _sparse(name, var) or PS_CONFIGS[name]["opt"] in SPARSE_FUSED_OPS
+
+
+# The fused sparse op of each optimizer configuration that has one.
+SPARSE_FUSED_OPS = {
+    "adam": "KerasOptFusedSparseApplyAdam",
+    "rmsprop_plain": "KerasOptFusedSparseApplyRMSProp",
+}
+
+
+def _sparse(name: str, var: str) -> bool:
+    """Whether ``var`` gets an IndexedSlices gradient (the embedding's shards)."""
+    return PS_CONFIGS[name]["sparse"] and var.startswith("embedding/")
+
+
+@pytest.mark.parametrize("name", PS_FUSED_TWINS)
+def test_fused_kernels_on_ps_equal_the_per_variable_path(ps, name):
+    """In-process cluster (every ps has the library): fused on both ps, same bits."""
+    meta = _meta(ps, name)
+    fused, per_variable = meta["fused"], meta["per_variable"]
+    devices = fused["devices"]
+    assert sorted(fused["paths"]["fused"] + fused["paths"]["per_variable"]) == sorted(devices)
+    for var in devices:
+        path = "fused" if _expected_fused(name, var) else "per_variable"
+        assert var in fused["paths"][path], (var, fused["paths"])
+    if fused["paths"]["per_variable"]:
+        assert fused["paths"]["reason"] == "sparse gradient"
+    # One group op per (ps, dtype) for the dense gradients, one sparse op per
+    # sparse shard, each on the ps of its variables.
+    dense_devices = {d for v, d in devices.items() if not _sparse(name, v)}
+    ops = [tuple(op) for op in fused["ops"]]
+    assert sorted(d for t, d in ops if t == "KerasOptFusedApplyGroup") == sorted(dense_devices)
+    sparse_ops = sorted(d for t, d in ops if t.startswith("KerasOptFusedSparseApply"))
+    assert {t for t, _ in ops} - {"KerasOptFusedApplyGroup"} <= {
+        SPARSE_FUSED_OPS.get(PS_CONFIGS[name]["opt"])
+    }
+    expected_sparse = sorted(
+        d for v, d in devices.items() if _sparse(name, v) and _expected_fused(name, v)
+    )
+    assert sparse_ops == expected_sparse
+    assert len({d for _, d in ops}) == 2 and all(d.startswith("/job:ps/") for _, d in ops)
+    assert per_variable["paths"]["fused"] == [] and per_variable["ops"] == []
+    assert per_variable["paths"]["reason"] == "disabled by fused_kernels=False"
+    ours = _state(ps, f"{name}/keras_opt")
+    theirs = _state(ps, f"{name}/keras_opt_per_variable")
+    assert ours and sorted(ours) == sorted(theirs)
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def ps_fused(tmp_path_factory):
+    """1 worker and ps 0 load keras_opt's op library, ps 1 does not (separate processes)."""
+    out = tmp_path_factory.mktemp("ps_fused")
+
+    def specs():
+        cluster = dist_utils.cluster_spec(worker=1, ps=2)
+        servers = [
+            dist_utils.Spec(
+                f"{job}{i}",
+                "dist_ps_server.py",
+                env={
+                    "TF_CONFIG": dist_utils.tf_config(cluster, job, i),
+                    "DIST_WORKER_DEADLINE": str(FUSED_TIMEOUT_S),
+                    "DIST_LOAD_KERAS_OPT_KERNELS": "0" if (job, i) == ("ps", 1) else "1",
+                },
+                daemon=True,
+            )
+            for job, i in (("worker", 0), ("ps", 0), ("ps", 1))
+        ]
+        coordinator = dist_utils.Spec(
+            "coordinator",
+            "dist_ps_fused.py",
+            [str(out)],
+            env={
+                "DIST_CLUSTER": json.dumps(cluster),
+                "DIST_WORKER_DEADLINE": str(FUSED_TIMEOUT_S - 20),
+            },
+        )
+        return servers + [coordinator]
+
+    run = dist_utils.run_with_port_retry(specs, FUSED_TIMEOUT_S, str(out / "logs"))
+    print(dist_utils.timing_line("ParameterServerStrategy, ps 1 without keras_opt kernels", run))
+    if not run.ok:
+        pytest.fail(run.report())
+    with open(out / "ps_fused.json") as f:
+        meta = json.load(f)
+    assert meta.get("_done"), meta
+    return dict(np.load(out / "ps_fused.npz")), meta
+
+
+def _under(arrays: dict, prefix: str) -> dict:
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("name", PS_FUSED_TWINS)
+def test_ps_without_kernels_falls_back_with_the_same_bits(ps_fused, name):
+    arrays, meta = ps_fused
+    record = dist_utils.worker_result(meta, name)
+    fused, per_variable = record["fused"], record["per_variable"]
+    devices = fused["devices"]
+    on = {
+        i: {v for v, d in devices.items() if d.startswith(f"/job:ps/replica:0/task:{i}/")}
+        for i in (0, 1)
+    }
+    assert on[0] and on[1] and on[0] | on[1] == set(devices), devices
+    # ps 0 has the kernels: its variables are fused (but SGD's sparse shard).
+    assert set(fused["paths"]["fused"]) == {v for v in on[0] if _expected_fused(name, v)}
+    assert set(fused["paths"]["per_variable"]) == set(devices) - set(fused["paths"]["fused"])
+    reason = fused["paths"]["reason"]
+    assert (
+        "no keras_opt kernels confirmed in the process of /job:ps/replica:0/task:1 (" in reason
+    ), reason
+    assert "/job:ps/replica:0/task:0" not in reason and "/job:worker" not in reason, reason
+    assert fused["ops"] and all(
+        d.startswith("/job:ps/replica:0/task:0/") for _, d in fused["ops"]
+    ), fused["ops"]
+    assert per_variable["paths"]["fused"] == [] and per_variable["ops"] == []
+    ours, theirs = _under(arrays, f"{name}/fused/"), _under(arrays, f"{name}/per_variable/")
+    assert ours and sorted(ours) == sorted(theirs)
+    assert int(ours["iterations"]) == STEPS
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+def test_eager_steps_on_the_coordinator_fuse_on_the_ps_with_kernels(ps_fused):
+    """strategy.run outside a function: the fused ops run eagerly on ps 0."""
+    arrays, meta = ps_fused
+    record = dist_utils.worker_result(meta, "eager")
+    name, fused, per_variable = record["name"], record["fused"], record["per_variable"]
+    devices = fused["devices"]
+    on_ps0 = {v for v, d in devices.items() if d.startswith("/job:ps/replica:0/task:0/")}
+    assert set(fused["paths"]["fused"]) == {v for v in on_ps0 if _expected_fused(name, v)}
+    assert fused["paths"]["fused"], fused["paths"]
+    assert "/job:ps/replica:0/task:1 (" in fused["paths"]["reason"], fused["paths"]
+    assert per_variable["paths"]["fused"] == []
+    ours, theirs = _under(arrays, "eager/fused/"), _under(arrays, "eager/per_variable/")
+    assert ours and sorted(ours) == sorted(theirs)
+    assert int(ours["iterations"]) == STEPS
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+def test_kernels_probed_once_per_remote_device(ps_fused):
+    """The worker and each ps holding a variable are probed once, ps 1 fails."""
+    probed = ps_fused[1]["probed"]
+    by_device = {key.split(" @ ")[0]: why for key, why in probed.items()}
+    assert len(by_device) == len(probed) == 3, probed
+    assert by_device["/job:worker/replica:0/task:0/device:CPU:0"] is None
+    assert by_device["/job:ps/replica:0/task:0/device:CPU:0"] is None
+    assert "NotFoundError" in by_device["/job:ps/replica:0/task:1/device:CPU:0"]
+
+
+def test_workers_without_kernels_take_the_per_variable_path(fault):
+    """The fault run's workers never load keras_opt's library: nothing is fused."""
+    paths = fault[0]["paths"]
+    assert paths["fused"] == [] and len(paths["per_variable"]) == PS_SHARDS + 3
+    for i in range(2):
+        assert f"/job:worker/replica:0/task:{i} (NotFoundError" in paths["reason"], paths

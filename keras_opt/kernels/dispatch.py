@@ -18,8 +18,11 @@ log line, and the reason in `last_paths`) when:
   update methods (``_resource_apply_dense``, ``_apply_one``...);
 - a pair is not covered: a variable with a constraint, not a resource variable,
   not on a CPU, a dtype other than float16/bfloat16/float32/float64, or a
-  strategy other than the default one and MirroredStrategy (one op per replica
-  device); ParameterServerStrategy and others fall back.
+  strategy other than the default one, MirroredStrategy (one op per replica
+  device) and ParameterServerStrategy (one op per ps device and dtype, see
+  `_ps_kernels_missing`); others fall back;
+- under ParameterServerStrategy, a worker or ps process that has not loaded
+  keras_opt's op library (found by running a tiny op there once).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import threading
 
 import tensorflow as tf
 
@@ -215,10 +219,119 @@ def _is_cpu(device: str) -> bool:
     return spec.device_type in (None, "CPU")
 
 
-def _strategy_ok(distribution) -> bool:
+def _strategy_ok(distribution) -> tuple[bool, str | None]:
+    """Whether the fused ops can run under ``distribution`` (and why not)."""
     if not tf.distribute.has_strategy():
-        return True
-    return isinstance(distribution, tf.distribute.MirroredStrategy)
+        return True, None
+    if isinstance(distribution, tf.distribute.MirroredStrategy):
+        return True, None
+    if _is_ps_strategy(distribution):
+        why = _ps_kernels_missing(distribution, _worker_devices(distribution))
+        return why is None, why
+    return False, f"strategy {type(distribution).__name__} (per-variable path)"
+
+
+# ParameterServerStrategy. The step's function is built and partitioned on
+# each worker, and the part that updates a variable runs on its ps: a process
+# that never loaded keras_opt's op library fails such a step ("Op type not
+# registered" on a worker, no kernel on a ps). So before the fused path is
+# taken, a tiny op of the library (KerasOptFusedIsa) runs eagerly once on each
+# worker and on each ps that holds a variable, and the answer is kept per
+# device and address. A missing library means the per-variable path: for every
+# variable if a worker lacks it, for that ps's variables if a ps does. A peer
+# that cannot be reached (a worker down when the step is traced) counts as
+# missing for that trace, and is asked again at the next one.
+#
+# Variable groups (groups.py) work here as they do locally: a group is created
+# eagerly on the coordinator, placed on its ps (it holds the CachingVariables'
+# handles, which live there), and the workers' function captures its handle as
+# it captures the variables'. The probe also covers them (same library).
+_PROBED: dict = {}  # (device, address) -> None (kernels there) or why not
+_TRANSIENT = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+_PROBE_LOCK = threading.Lock()
+
+
+def _is_ps_strategy(distribution) -> bool:
+    # tf.distribute.ParameterServerStrategy (TF2) marks itself so; the TF1
+    # strategy of that name (graph sessions) is not covered.
+    return bool(getattr(distribution, "_is_parameter_server_strategy_v2", False))
+
+
+def _cluster_spec(distribution):
+    resolver = getattr(distribution, "_cluster_resolver", None)
+    if resolver is None:
+        return None
+    try:
+        return resolver.cluster_spec()
+    except Exception:  # noqa: BLE001 - no cluster to ask: treated as local
+        return None
+
+
+def _worker_devices(distribution) -> list[str]:
+    spec = _cluster_spec(distribution)
+    if spec is None or "worker" not in spec.jobs:
+        return []
+    return [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in spec.task_indices("worker")]
+
+
+def _task_address(distribution, device: str):
+    """The cluster address of ``device``'s task, or None for a local device."""
+    spec = tf.DeviceSpec.from_string(device)
+    cluster = _cluster_spec(distribution)
+    if spec.job is None or cluster is None or spec.job not in cluster.jobs:
+        return None
+    try:
+        return cluster.task_address(spec.job, spec.task or 0)
+    except (ValueError, KeyError):
+        return None
+
+
+def _ps_kernels_missing(distribution, devices) -> str | None:
+    """Why the fused ops cannot run on one of ``devices`` (None: they can)."""
+    missing = []
+    for device in devices:
+        address = _task_address(distribution, device)
+        if address is None:
+            continue  # this process: the library is loaded here
+        why = _probe(device, address)
+        if why is not None:
+            missing.append(why)
+    if not missing:
+        return None
+    return "no keras_opt kernels confirmed in the process of " + ", ".join(missing)
+
+
+def _probe(device: str, address: str) -> str | None:
+    """Runs a keras_opt op on ``device`` once (per address); None if it ran."""
+    key = (device, address)
+    with _PROBE_LOCK:
+        if key in _PROBED:
+            return _PROBED[key]
+        module = build.load()
+        if module is None:
+            return None  # apply_fused reports the build's reason
+        where = device.split("/device:")[0]
+        if not tf.compat.v1.executing_eagerly_outside_functions():
+            return f"{where} (cannot probe it from a TF1 graph)"
+        try:
+            with tf.init_scope(), tf.device(device):
+                module.keras_opt_fused_isa().numpy()
+            why = None
+        except Exception as exc:  # noqa: BLE001 - any failure means: fall back
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            if len(message) > 100:
+                message = message[:100] + "..."
+            why = f"{where} ({type(exc).__name__}: {message})"
+            logger.debug("keras_opt fused kernels unavailable on %s: %s", device, why)
+            if isinstance(exc, _TRANSIENT):
+                return why  # a peer down now: this step falls back, a later trace asks again
+        _PROBED[key] = why
+        return why
 
 
 def _record(opt, fused, per_variable, reason):
@@ -271,6 +384,10 @@ def _local_pairs(opt, distribution, grad, var, rule, sparse):
             return None, "dense and sparse gradients mixed across replicas"
         if not _is_cpu(lv.device):
             return None, f"device {lv.device} has no fused kernel"
+        if _is_ps_strategy(distribution):
+            why = _ps_kernels_missing(distribution, [lv.device])
+            if why is not None:
+                return None, why
         slots = [s[i] for s in slot_locals]
         if any(
             s.device != lv.device or not isinstance(s, resource_variable_ops.BaseResourceVariable)
@@ -292,8 +409,8 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
     if ok:
         rule, reason = rule_for(opt)
         ok = rule is not None
-    if ok and not _strategy_ok(distribution):
-        ok, reason = False, f"strategy {type(distribution).__name__} (per-variable path)"
+    if ok:
+        ok, reason = _strategy_ok(distribution)
     module = build.load() if ok else None
     if ok and module is None:
         ok, reason = False, build.status()["reason"]

@@ -38,6 +38,8 @@ OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
     "sgd": ("SGD", dict(learning_rate=0.1, momentum=0.9, nesterov=True, decay=0.05)),
     "adagrad": ("Adagrad", dict(learning_rate=0.1)),
     "rmsprop": ("RMSprop", dict(learning_rate=0.01, momentum=0.5, centered=True)),
+    # Without momentum: keras_opt's fused kernels have a one-pass sparse op for it.
+    "rmsprop_plain": ("RMSprop", dict(learning_rate=0.01, centered=True)),
     "ftrl": (
         "Ftrl",
         dict(

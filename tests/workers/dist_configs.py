@@ -185,6 +185,8 @@ PS_CONFIGS: dict[str, dict] = {
     "rmsprop-sparse": dict(DEFAULTS, opt="rmsprop"),
     "ftrl-sparse": dict(DEFAULTS, opt="ftrl"),
     "adam-dense": dict(DEFAULTS, sparse=False),
+    "sgd-dense": dict(DEFAULTS, opt="sgd", sparse=False),
+    "rmsprop_plain-sparse": dict(DEFAULTS, opt="rmsprop_plain"),
     "sgd-sparse-global_clipnorm": dict(DEFAULTS, opt="sgd", clip="global_clipnorm"),
     # clipnorm clips each gradient on its own, so each shard's: not the same as
     # clipping the unsharded embedding's gradient (tf_keras does the same).
@@ -202,3 +204,8 @@ PS_RESTORE_TARGETS = (
     ("no_strategy", 0, False),
 )
 PS_ASYNC_STEPS = 12
+# keras_opt's fused kernels under ParameterServerStrategy: these configurations
+# also train keras_opt with fused_kernels=False (the per-variable path), in the
+# in-process cluster and in one of separate processes (dist_ps_fused.py) whose
+# ps 0 loads keras_opt's op library and ps 1 does not.
+PS_FUSED_TWINS = ("adam-dense", "adam-sparse", "sgd-dense", "sgd-sparse", "rmsprop_plain-sparse")

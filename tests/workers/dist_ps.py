@@ -15,7 +15,10 @@ Checkpoint configurations save after CKPT_STEPS steps and restore into fresh
 objects under each of PS_RESTORE_TARGETS (same or other shard count, slots
 created before restoring or not, no strategy), then continue to STEPS.
 A last run schedules PS_ASYNC_STEPS steps at once on both workers; another
-trains variables created without names.
+trains variables created without names. keras_opt runs its fused kernels here
+(the ps servers share this process, which loaded the op library); for
+PS_FUSED_TWINS it also trains with fused_kernels=False, and which path each
+variable took and where the fused ops were placed are recorded.
 Results: OUT_DIR/ps.npz and OUT_DIR/ps.json.
 """
 
@@ -33,6 +36,7 @@ from dist_configs import (
     GLOBAL_BATCH,
     PS_ASYNC_STEPS,
     PS_CONFIGS,
+    PS_FUSED_TWINS,
     PS_RESTORE_TARGETS,
     PS_SHARDS,
     PS_WORKERS,
@@ -95,6 +99,7 @@ class PSTrainer:
             seen["var_types"] = [type(v).__name__ for _, v in pairs]
             seen["grad_types"] = [type(g).__name__ for g, _ in pairs]
             update = optimizer.apply_gradients(pairs)
+            seen["fused_ops"] = fused_ops(tf.compat.v1.get_default_graph())
             with tf.control_dependencies([update]):
                 return optimizer.iterations.read_value()
 
@@ -115,6 +120,35 @@ class PSTrainer:
             else:
                 self.coordinator.schedule(step_fn, args=(tf.constant(s),))
                 self.coordinator.join()
+
+
+def fused_ops(graph) -> list[list[str]]:
+    """[type, device] of the keras_opt ops in ``graph`` (the traced step)."""
+    return sorted(
+        [op.type, op.device] for op in graph.get_operations() if op.type.startswith("KerasOpt")
+    )
+
+
+def fused_info(variables, optimizer, seen) -> dict:
+    """Which path keras_opt took per variable, where its fused ops ran."""
+    import keras_opt
+
+    return {
+        "paths": keras_opt.kernels.last_paths(optimizer),
+        "ops": seen.get("fused_ops"),
+        "devices": {v.name: v.device for v in common.trainable_list(variables)},
+    }
+
+
+def train_per_variable(trainer, cfg, ids, targets, steps) -> tuple[dict, dict]:
+    """keras_opt with fused_kernels=False: (snapshot, fused_info)."""
+    import keras_opt
+
+    variables, optimizer = common.build(keras_opt, cfg, trainer.strategy, common.initial_values())
+    optimizer.fused_kernels = False
+    seen: dict = {}
+    trainer.train(cfg, variables, optimizer, ids, targets, steps, seen)
+    return common.snapshot(variables, optimizer), fused_info(variables, optimizer, seen)
 
 
 def describe_ps(variables, optimizer, seen) -> dict:
@@ -204,6 +238,11 @@ def main(out_dir: str) -> None:
             trainer.train(cfg, variables, optimizer, ids, targets, steps, seen)
             meta["describe"][lib_name] = describe_ps(variables, optimizer, seen)
             results.add_arrays(f"{name}/{lib_name}", common.snapshot(variables, optimizer))
+            if lib_name == "keras_opt":
+                meta["fused"] = fused_info(variables, optimizer, seen)
+            if lib_name == "keras_opt" and name in PS_FUSED_TWINS:
+                arrays, meta["per_variable"] = train_per_variable(trainer, cfg, ids, targets, steps)
+                results.add_arrays(f"{name}/keras_opt_per_variable", arrays)
             if cfg["restore_replicas"] is not None:
                 meta.setdefault("restore", {})[lib_name] = restore(
                     name, lib_name, lib, cfg, variables, optimizer

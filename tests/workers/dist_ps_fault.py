@@ -122,6 +122,8 @@ def main(out_dir: str, pids_path: str) -> None:
         "counter": float(counter.numpy()),
         "counter_updates": float(-counter.numpy() / LEARNING_RATE),
         "finite": bool(all(np.all(np.isfinite(common.value_of(v))) for v in variables.values())),
+        # The worker processes never load keras_opt's op library: per-variable path.
+        "paths": keras_opt.kernels.last_paths(optimizer),
     }
     with open(os.path.join(out_dir, "ps_fault.json"), "w") as f:
         json.dump(record, f, indent=1)

@@ -3,7 +3,10 @@
 Run as ``dist_ps_server.py`` with ``TF_CONFIG`` naming the cluster and this
 process's task ("worker" or "ps"). It starts a ``tf.distribute.Server`` and
 waits; the coordinator process sends it work over gRPC. A deadline
-(``DIST_WORKER_DEADLINE`` seconds) ends it even if nobody kills it.
+(``DIST_WORKER_DEADLINE`` seconds) ends it even if nobody kills it. With
+``DIST_LOAD_KERAS_OPT_KERNELS=1`` it first loads keras_opt's fused-kernel op
+library (as a user's ps or worker process would, to run the fused ops there);
+otherwise it never imports keras_opt.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import tensorflow as tf
 
 
 def main() -> None:
+    if os.environ.get("DIST_LOAD_KERAS_OPT_KERNELS") == "1":
+        from keras_opt.kernels import build
+
+        if build.load() is None:
+            raise SystemExit(f"keras_opt kernels: {build.status()['reason']}")
     config = json.loads(os.environ["TF_CONFIG"])
     task = config["task"]
     server_config = tf.compat.v1.ConfigProto()
