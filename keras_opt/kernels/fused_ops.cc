@@ -518,68 +518,6 @@ absl::Status CheckVarAndSlots(LockedVars& locked, int nv) {
   return absl::OkStatus();
 }
 
-template <typename T, typename Index>
-class FusedSparseApplyAdamOp : public OpKernel {
- public:
-  explicit FusedSparseApplyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("A", &a_));
-    OP_REQUIRES(ctx, a_ <= 1, absl::InvalidArgumentError("vhat takes 0 or 1 variables"));
-  }
-
-  void Compute(OpKernelContext* ctx) override {
-    const int nv = 3 + a_;
-    const Tensor& grad = ctx->input(nv);
-    const Tensor& grad2 = ctx->input(nv + 1);
-    const Tensor& indices = ctx->input(nv + 2);
-    T coefs[4];
-    OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3, 4, coefs));
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
-                absl::InvalidArgumentError("indices must be one-dimensional"));
-    LockedVars locked;
-    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
-    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
-    Tensor* var = locked.tensor(0);
-    const int64_t rows = var->dim_size(0);
-    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
-    const int64_t nidx = indices.dim_size(0);
-    TensorShape want = var->shape();
-    want.set_dim(0, nidx);
-    OP_REQUIRES(ctx, grad.shape().IsSameSize(want) && grad2.shape().IsSameSize(want),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "m_scaled and v_scaled must be var.shape with the first dimension of "
-                    "indices: ", grad.shape().DebugString(), ", ", grad2.shape().DebugString(),
-                    " vs ", want.DebugString())));
-    std::vector<int64_t> pos(rows, -1);
-    const auto idx = indices.flat<Index>();
-    for (int64_t i = 0; i < nidx; ++i) {
-      const int64_t r = static_cast<int64_t>(idx(i));
-      OP_REQUIRES(ctx, r >= 0 && r < rows,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "indices[", i, "] = ", r, " is not in [0, ", rows, ")")));
-      OP_REQUIRES(ctx, pos[r] < 0,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "indices must be unique; ", r, " is repeated")));
-      pos[r] = i;
-    }
-    const Isa& isa = PickIsa();
-    void* w = var->data();
-    void* m = locked.tensor(1)->data();
-    void* v = locked.tensor(2)->data();
-    void* vh = a_ ? locked.tensor(3)->data() : nullptr;
-    const void* g = grad.data();
-    const void* g2 = grad2.data();
-    const int64_t* pp = pos.data();
-    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 8 + 20),
-               [&isa, w, m, v, vh, g, g2, pp, row_size, &coefs](int64_t r0, int64_t r1) {
-                 isa.sparse_adam(KoDtypeOf<T>(), w, m, v, vh, g, g2, pp, row_size, coefs, r0,
-                                 r1);
-               });
-  }
-
- private:
-  int a_;
-};
-
 // pos[row] = position of row in `indices` (or -1); rejects out-of-range and repeated rows.
 template <typename Index>
 absl::Status RowPositions(const Tensor& indices, int64_t rows, std::vector<int64_t>* pos) {
@@ -603,6 +541,78 @@ absl::Status RowPositions(const Tensor& indices, int64_t rows, std::vector<int64
   return absl::OkStatus();
 }
 
+// The checks every exact sparse op makes once its variables are locked: var
+// and its slots (CheckVarAndSlots), each row input (named in `names`) shaped
+// like var with the first dimension of indices, and the indices themselves
+// (RowPositions). Gives var's number of rows, the row size and row positions.
+template <typename Index>
+absl::Status SparseRows(LockedVars& locked, int nv, const Tensor& indices,
+                        const std::vector<const Tensor*>& row_inputs, const char* names,
+                        int64_t* rows, int64_t* row_size, std::vector<int64_t>* pos) {
+  TF_RETURN_IF_ERROR(CheckVarAndSlots(locked, nv));
+  if (!TensorShapeUtils::IsVector(indices.shape())) {
+    return absl::InvalidArgumentError("indices must be one-dimensional");
+  }
+  const Tensor* var = locked.tensor(0);
+  *rows = var->dim_size(0);
+  *row_size = *rows > 0 ? var->NumElements() / *rows : 0;
+  TensorShape want = var->shape();
+  want.set_dim(0, indices.dim_size(0));
+  for (const Tensor* t : row_inputs) {
+    if (!t->shape().IsSameSize(want)) {
+      std::string got;
+      for (const Tensor* u : row_inputs) {
+        absl::StrAppend(&got, got.empty() ? "" : ", ", u->shape().DebugString());
+      }
+      return absl::InvalidArgumentError(
+          absl::StrCat(names, " must be var.shape with the first dimension of indices: ", got,
+                       " vs ", want.DebugString()));
+    }
+  }
+  return RowPositions<Index>(indices, *rows, pos);
+}
+
+template <typename T, typename Index>
+class FusedSparseApplyAdamOp : public OpKernel {
+ public:
+  explicit FusedSparseApplyAdamOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("A", &a_));
+    OP_REQUIRES(ctx, a_ <= 1, absl::InvalidArgumentError("vhat takes 0 or 1 variables"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const int nv = 3 + a_;
+    const Tensor& grad = ctx->input(nv);
+    const Tensor& grad2 = ctx->input(nv + 1);
+    const Tensor& indices = ctx->input(nv + 2);
+    T coefs[4];
+    OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3, 4, coefs));
+    LockedVars locked;
+    OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
+    int64_t rows, row_size;
+    std::vector<int64_t> pos;
+    OP_REQUIRES_OK(ctx, SparseRows<Index>(locked, nv, indices, {&grad, &grad2},
+                                          "m_scaled and v_scaled", &rows, &row_size, &pos));
+    Tensor* var = locked.tensor(0);
+    const Isa& isa = PickIsa();
+    void* w = var->data();
+    void* m = locked.tensor(1)->data();
+    void* v = locked.tensor(2)->data();
+    void* vh = a_ ? locked.tensor(3)->data() : nullptr;
+    const void* g = grad.data();
+    const void* g2 = grad2.data();
+    const int64_t* pp = pos.data();
+    RunSharded(ctx, rows, row_size * (static_cast<int64_t>(sizeof(T)) * 8 + 20),
+               [&isa, w, m, v, vh, g, g2, pp, row_size, &coefs](int64_t r0, int64_t r1) {
+                 isa.sparse_adam(KoDtypeOf<T>(), w, m, v, vh, g, g2, pp, row_size, coefs, r0,
+                                 r1);
+               });
+  }
+
+ private:
+  int a_;
+};
+
 template <typename T, typename Index>
 class FusedSparseApplyRmsOp : public OpKernel {
  public:
@@ -621,21 +631,13 @@ class FusedSparseApplyRmsOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 3 + a_, 2, coefs));
     LockedVars locked;
     OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
-    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
-    Tensor* var = locked.tensor(0);
-    const int64_t rows = var->dim_size(0);
-    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
-                absl::InvalidArgumentError("indices must be one-dimensional"));
-    TensorShape want = var->shape();
-    want.set_dim(0, indices.dim_size(0));
-    OP_REQUIRES(ctx, ms_add.shape().IsSameSize(want) && num.shape().IsSameSize(want) &&
-                         (!mg_add || mg_add->shape().IsSameSize(want)),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "row updates must be var.shape with the first dimension of indices: ",
-                    want.DebugString())));
+    int64_t rows, row_size;
     std::vector<int64_t> pos;
-    OP_REQUIRES_OK(ctx, RowPositions<Index>(indices, rows, &pos));
+    std::vector<const Tensor*> row_inputs = {&ms_add, &num};
+    if (mg_add) row_inputs.push_back(mg_add);
+    OP_REQUIRES_OK(ctx, SparseRows<Index>(locked, nv, indices, row_inputs,
+                                          "ms_add, num (and mg_add)", &rows, &row_size, &pos));
+    Tensor* var = locked.tensor(0);
     const Isa& isa = PickIsa();
     void* w = var->data();
     void* ms = locked.tensor(1)->data();
@@ -696,23 +698,12 @@ class FusedSparseApplyNadamOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ReadScalarCoefs<T>(ctx, nv + 4, 7, coefs));
     LockedVars locked;
     OP_REQUIRES_OK(ctx, locked.Acquire<T>(ctx, 0, nv, /*row_updated=*/1));
-    OP_REQUIRES_OK(ctx, CheckVarAndSlots(locked, nv));
-    Tensor* var = locked.tensor(0);
-    const int64_t rows = var->dim_size(0);
-    const int64_t row_size = rows > 0 ? var->NumElements() / rows : 0;
-    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(indices.shape()),
-                absl::InvalidArgumentError("indices must be one-dimensional"));
-    TensorShape want = var->shape();
-    want.set_dim(0, indices.dim_size(0));
-    OP_REQUIRES(ctx, g_term.shape().IsSameSize(want) && m_scaled.shape().IsSameSize(want) &&
-                         v_scaled.shape().IsSameSize(want),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "g_term, m_scaled and v_scaled must be var.shape with the first dimension "
-                    "of indices: ", g_term.shape().DebugString(), ", ",
-                    m_scaled.shape().DebugString(), ", ", v_scaled.shape().DebugString(),
-                    " vs ", want.DebugString())));
+    int64_t rows, row_size;
     std::vector<int64_t> pos;
-    OP_REQUIRES_OK(ctx, RowPositions<Index>(indices, rows, &pos));
+    OP_REQUIRES_OK(ctx, SparseRows<Index>(locked, nv, indices, {&g_term, &m_scaled, &v_scaled},
+                                          "g_term, m_scaled and v_scaled", &rows, &row_size,
+                                          &pos));
+    Tensor* var = locked.tensor(0);
     const Isa& isa = PickIsa();
     void* w = var->data();
     void* m = locked.tensor(1)->data();
