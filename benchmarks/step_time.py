@@ -70,6 +70,8 @@ EXTRA_LIBS = ("keras_opt_pv", "torch_fused")
 # Default timed repetitions per workload (W2 and W4 are big: fewer repeats).
 DEFAULT_REPEATS = {"W1": 10, "W2": 5, "W3": 10, "W4": 5}
 WARMUP_STEPS = 2
+# Untimed pause before each timed step (--gap-ms).
+GAP_S = 0.0
 SEED = 1234
 
 # Hyperparameters shared by every library (their defaults agree otherwise).
@@ -295,6 +297,8 @@ def run_cell(
             if lib not in runners:
                 continue
             runner = runners[lib]
+            if GAP_S:
+                time.sleep(GAP_S)  # let the previous library's spinning threads go idle
             try:
                 t0 = time.perf_counter()
                 runner.step()
@@ -417,7 +421,16 @@ def main(argv=None) -> int:
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     p.add_argument("--render", default=None, help="only print the table of a saved --json file")
     p.add_argument("--torch", action="store_true", help="add torch's fused optimizers (CPU)")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="untimed pause before each timed step, so that the thread pool of the library "
+        "timed before (TF's Eigen pool, torch's OpenMP) has stopped spinning",
+    )
     args = p.parse_args(argv)
+    global GAP_S
+    GAP_S = args.gap_ms / 1000.0
     if args.render:
         with open(args.render) as f:
             data = json.load(f)

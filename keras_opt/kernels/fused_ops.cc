@@ -186,8 +186,8 @@ class LockedVars {
   // The variables of inputs [first, first + count).
   template <typename T>
   absl::Status Acquire(OpKernelContext* ctx, int first, int count, int row_updated = 0) {
-    vars_.clear();
-    names_.clear();
+    owned_.clear();
+    own_names_.clear();
     for (int i = 0; i < count; ++i) {
       const ResourceHandle& handle = HandleFromInput(ctx, first + i);
       Var* var = nullptr;
@@ -197,34 +197,34 @@ class LockedVars {
             "Could not find variable ", handle.name(), " (input ", first + i, "): ",
             s.message()));
       }
-      vars_.emplace_back(var);
-      names_.push_back(handle.name());
+      owned_.emplace_back(var);
+      own_names_.push_back(handle.name());
     }
+    vars_.resize(count);
+    for (int i = 0; i < count; ++i) vars_[i] = owned_[i].get();
+    names_ = &own_names_;
     return Lock<T>(ctx, row_updated);
   }
 
-  // The given variables (each gets a reference), named by `names`.
+  // The variables of a group, which holds them (and their names) while the
+  // caller holds the group: no reference or copy is taken per step.
   template <typename T>
   absl::Status AcquireList(OpKernelContext* ctx, const std::vector<Var*>& vars,
                            const std::vector<std::string>& names, int row_updated = 0) {
-    vars_.clear();
-    names_ = names;
-    for (Var* var : vars) {
-      var->Ref();
-      vars_.emplace_back(var);
-    }
+    vars_ = vars;
+    names_ = &names;
     return Lock<T>(ctx, row_updated);
   }
 
   Tensor* tensor(int i) { return vars_[i]->tensor(); }
-  const std::string& name(int i) const { return names_[i]; }
+  const std::string& name(int i) const { return (*names_)[i]; }
 
  private:
   template <typename T>
   absl::Status Lock(OpKernelContext* ctx, int row_updated) {
     const int count = static_cast<int>(vars_.size());
     std::vector<Var*> order(count);
-    for (int i = 0; i < count; ++i) order[i] = vars_[i].get();
+    for (int i = 0; i < count; ++i) order[i] = vars_[i];
     std::sort(order.begin(), order.end(),
               [](Var* a, Var* b) { return a->mu() < b->mu(); });
     for (int i = 1; i < count; ++i) {
@@ -237,15 +237,15 @@ class LockedVars {
     locks_.reserve(count);
     for (Var* var : order) locks_.emplace_back(*var->mu());
     for (int i = 0; i < count; ++i) {
-      Var* var = vars_[i].get();
+      Var* var = vars_[i];
       Tensor* t = var->tensor();
       if (!var->is_initialized || !t->IsInitialized()) {
         return absl::FailedPreconditionError(
-            absl::StrCat("Attempting to use uninitialized variables: ", names_[i]));
+            absl::StrCat("Attempting to use uninitialized variables: ", (*names_)[i]));
       }
       if (t->dtype() != DataTypeToEnum<T>::v()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "Variable ", names_[i], " has dtype ", DataTypeString(t->dtype()), ", expected ",
+            "Variable ", (*names_)[i], " has dtype ", DataTypeString(t->dtype()), ", expected ",
             DataTypeString(DataTypeToEnum<T>::v())));
       }
       const bool copy_on_read = i >= row_updated && var->copy_on_read_mode.load();
@@ -264,8 +264,10 @@ class LockedVars {
     return absl::OkStatus();
   }
 
-  std::vector<core::RefCountPtr<Var>> vars_;
-  std::vector<std::string> names_;
+  std::vector<core::RefCountPtr<Var>> owned_;  // Acquire's lookups
+  std::vector<std::string> own_names_;
+  std::vector<Var*> vars_;
+  const std::vector<std::string>* names_ = nullptr;
   std::vector<mutex_lock> locks_;
 };
 
