@@ -591,3 +591,62 @@ def test_sparse_nadam_op_errors_name_the_problem():
         )
     for x in (w, m, v):
         np.testing.assert_array_equal(x.numpy(), np.zeros([3, 2]))
+
+
+LION_KWARGS = dict(learning_rate=0.05, beta_1=0.8, beta_2=0.95)
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_lion_fused_equals_per_variable(dtype, sparse, function):
+    """Dense Lion is one fused rule; a sparse Lion step (lazy rows) stays per variable."""
+    shapes = SHAPES[:-1] + [(6, 3)] if sparse else SHAPES
+    run = dict(function=function, sparse=sparse, shapes=shapes)
+    got, paths = train("Lion", LION_KWARGS, dtype, True, **run)
+    want, _ = train("Lion", LION_KWARGS, dtype, False, **run)
+    assert_bits_equal(got, want)
+    if HAVE_COMPILER:
+        dense = [f"v{i}:0" for i in range(len(shapes) - (1 if sparse else 0))]
+        assert paths["fused"] == dense, paths
+        assert paths["per_variable"] == ([f"v{len(shapes) - 1}:0"] if sparse else []), paths
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+def test_lion_with_weight_decay_equals_per_variable(function):
+    kwargs = dict(LION_KWARGS, weight_decay=0.1)
+    got, paths = train("Lion", kwargs, tf.float32, True, function=function)
+    want, _ = train("Lion", kwargs, tf.float32, False, function=function)
+    assert_bits_equal(got, want)
+    if HAVE_COMPILER:
+        assert not paths["per_variable"], paths
+
+
+def _single_step(opt, var, function):
+    def step(grad):
+        opt.apply_gradients([(grad, var)])
+
+    return tf.function(step) if function else step
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "function"])
+def test_lion_sign_of_zero_and_nan_like_tf_sign(function):
+    """tf.sign gives +0 for -0 and +0, and NaN for NaN: the fused rule too (bits)."""
+    init = np.array([1.0, -0.0, 0.0, 2.0, -3.0], np.float32)
+    grads = [
+        np.array([np.nan, -0.0, 0.0, 1.0, -1.0], np.float32),
+        np.array([1.0, -0.0, -0.0, -2.0, 0.5], np.float32),
+    ]
+    out = {}
+    for fused in (True, False):
+        var = tf.Variable(init)
+        opt = keras_opt.Lion(fused_kernels=fused, **LION_KWARGS)
+        step = _single_step(opt, var, function)
+        for g in grads:
+            step(tf.constant(g))
+        out[fused] = (var.numpy(), opt.get_slot(var, "momentum").numpy())
+        if fused and HAVE_COMPILER:
+            assert kernels.last_paths(opt)["fused"] == [var.name]
+    for a, b in zip(out[True], out[False]):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    assert np.isnan(out[True][0][0])

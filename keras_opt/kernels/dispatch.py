@@ -48,6 +48,7 @@ ADAM, ADAM_AMSGRAD, MOMENTUM, NESTEROV, ADAGRAD_V2 = 0, 1, 2, 3, 4
 RMSPROP, RMSPROP_CENTERED, RMSPROP_PLAIN, RMSPROP_PLAIN_CENTERED = 5, 6, 7, 8
 FTRL, FTRL_V2, SGD = 9, 10, 11
 NADAM = 12
+LION = 13
 
 # sparse: None, "adam", "rms" or "nadam" (the one-pass exact IndexedSlices update, if any).
 Rule = collections.namedtuple("Rule", ["code", "slots", "coefs", "sparse"])
@@ -68,6 +69,7 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
         adam,
         ftrl,
         gradient_descent,
+        lion,
         nadam,
         optimizer_v2,
         rmsprop,
@@ -128,6 +130,22 @@ def rule_for(opt) -> tuple[Rule | None, str | None]:
                 c["v_t_prime_denominator"],
             ],
             "nadam" if sparse_ok else None,
+        ), None
+    if isinstance(opt, lion.Lion) and _not_overridden(
+        opt, lion.Lion, ("_resource_apply_dense", "_prepare_local", "_new_values")
+    ):
+        # Dense only: a sparse Lion step updates the seen rows (per-variable path).
+        return Rule(
+            LION,
+            ("momentum",),
+            lambda c: [
+                c["lr_t"],
+                c["beta_1"],
+                c["one_minus_beta_1"],
+                c["beta_2"],
+                c["one_minus_beta_2"],
+            ],
+            None,
         ), None
     if isinstance(opt, gradient_descent.SGD) and _not_overridden(
         opt, gradient_descent.SGD, ("_resource_apply_dense", "_prepare_local")

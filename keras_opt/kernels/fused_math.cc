@@ -143,6 +143,15 @@ inline T sgn(T x, T zero, T one, T minus_one) {
   return lt(x, zero) ? minus_one : (lt(zero, x) ? one : zero);
 }
 
+// tf.sign: -1, +0 or 1 of the type, and NaN for NaN (Lion's step).
+template <typename T>
+inline T sign_or_nan(T x, T zero, T one, T minus_one) {
+  if (lt(x, zero)) return minus_one;
+  if (lt(zero, x)) return one;
+  if (lt(x, one)) return zero;  // -0 and +0 give +0
+  return x;                     // NaN: no comparison holds
+}
+
 // Scalars of one call, computed once (in T, as the TF kernels do).
 template <typename T>
 struct Scal {
@@ -209,6 +218,18 @@ void run(const KoTensor& t, int64_t lo, int64_t hi, const Scal<T>& s) {
         s2[i] = d;
       }
       w[i] = sub(w[i], dvd(mul(m, alpha), add(sqr(d), eps)));
+    }
+  } else if (R == KO_LION) {
+    // lion.py: step = lr * sign(m * b1 + g * (1 - b1)); var -= step;
+    // m = m * b2 + g * (1 - b2), both from the old m.
+    const T lr = s.c[0], b1 = s.c[1], omb1 = s.c[2], b2 = s.c[3], omb2 = s.c[4];
+    const T zero = s.zero, one = s.one, m1 = s.minus_one;
+    for (int64_t i = lo; i < hi; ++i) {
+      const T g = gp[i];
+      const T m = s0[i];
+      const T step = mul(lr, sign_or_nan(add(mul(m, b1), mul(g, omb1)), zero, one, m1));
+      w[i] = sub(w[i], step);
+      s0[i] = add(mul(m, b2), mul(g, omb2));
     }
   } else if (R == KO_NADAM) {
     // nadam.py's _resource_apply_dense, op by op:
@@ -339,6 +360,7 @@ void dense(int rule, const KoTensor* ts, const int64_t* starts, int64_t n, const
       KO_CASE(KO_FTRL_V2)
       KO_CASE(KO_SGD)
       KO_CASE(KO_NADAM)
+      KO_CASE(KO_LION)
 #undef KO_CASE
       default:
         break;

@@ -26,7 +26,9 @@ enum KoRule {
   // Nadam's composite ops (nadam.py): slots m, v; coefs lr, b1, b2, eps,
   // m_schedule_new, m_t_1, one_minus_m_t, v_t_prime_denominator.
   KO_NADAM = 12,
-  KO_NUM_RULES = 13
+  // Lion (lion.py): slots momentum; coefs lr, b1, 1 - b1, b2, 1 - b2.
+  KO_LION = 13,
+  KO_NUM_RULES = 14
 };
 
 // dtype codes

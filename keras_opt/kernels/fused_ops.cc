@@ -152,6 +152,7 @@ int NumSlots(int rule) {
   switch (rule) {
     case KO_SGD: return 0;
     case KO_MOMENTUM: case KO_NESTEROV: case KO_ADAGRAD_V2: case KO_RMSPROP_PLAIN: return 1;
+    case KO_LION: return 1;
     case KO_ADAM: case KO_RMSPROP: case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL:
     case KO_FTRL_V2: return 2;
     case KO_NADAM: return 2;
@@ -165,7 +166,7 @@ int NumCoefs(int rule) {
     case KO_MOMENTUM: case KO_NESTEROV: case KO_ADAGRAD_V2: return 2;
     case KO_RMSPROP: case KO_RMSPROP_CENTERED: case KO_RMSPROP_PLAIN:
     case KO_RMSPROP_PLAIN_CENTERED: case KO_FTRL: return 4;
-    case KO_FTRL_V2: return 5;
+    case KO_FTRL_V2: case KO_LION: return 5;
     case KO_ADAM: case KO_ADAM_AMSGRAD: return 6;
     case KO_NADAM: return 8;
     default: return -1;
