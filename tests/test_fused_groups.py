@@ -357,3 +357,37 @@ def test_savedmodel_of_a_step_with_a_group_loads_and_continues(tmp_path):
     # The checkpoint part of the SavedModel has no group either.
     keys = [k for k, _ in tf.train.list_variables(str(tmp_path / "m" / "variables" / "variables"))]
     assert not [k for k in keys if "group" in k]
+
+
+def test_savedmodel_with_the_optimizer_serves_where_keras_opt_is_absent(tmp_path):
+    """A model saved with its optimizer (which built a group in a traced step) but
+    without the step loads and serves in a process that never imports keras_opt:
+    the group adds no keras_opt op to the SavedModel unless a saved function uses it.
+    (Plain SGD: TensorFlow's loader restores slot variables through the revived
+    optimizer's ``add_slot``, which a process without keras_opt, or without
+    tf_keras for tf_keras's optimizers, does not have.)"""
+    import dist_utils
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = make_vars(shapes=[(3, 2)])[0]
+            self.opt = keras_opt.SGD(learning_rate=0.1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            return x @ self.w
+
+    model = Model()
+    step = make_step(model.opt, [model.w])  # a standalone traced step, not saved
+    step([tf.ones([3, 2])])
+    assert model.opt._fused_groups
+    tf.saved_model.save(model, str(tmp_path / "m"))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "x.npy", x)
+    dist_utils.run_worker(
+        "serve_without_keras_opt.py",
+        [str(tmp_path / "m"), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+        timeout_s=120,
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model.serve(tf.constant(x)).numpy())

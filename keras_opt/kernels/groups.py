@@ -21,8 +21,10 @@ Two things a captured handle gave for free are kept by hand:
   around the fused update.
 - **SavedModel.** A group is a ``TrackableResource`` that the optimizer lists
   as a child for SavedModel exports only (checkpoints are unchanged); its
-  members are its dependencies, so a loaded model rebuilds it from the restored
-  variables. Loading needs keras_opt's op library, as the fused ops do.
+  members are its dependencies, and where keras_opt is imported the loader
+  rebuilds it from the restored variables. The group itself puts no keras_opt
+  op into the SavedModel: a model saved with its optimizer still loads where
+  keras_opt is absent, unless a saved function runs fused ops.
 
 Eager steps and TF1 graphs pass the handles directly (nothing is captured
 there). ``KERAS_OPT_FUSED_GROUPS=0`` turns groups off (the fused op then takes
@@ -38,6 +40,7 @@ import weakref
 import tensorflow as tf
 from tensorflow.python.framework import auto_control_deps
 from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.saved_model import registration
 
 
 def enabled() -> bool:
@@ -47,6 +50,7 @@ def enabled() -> bool:
     return tf.inside_function() and tf.compat.v1.executing_eagerly_outside_functions()
 
 
+@registration.register_serializable(package="keras_opt", name="FusedVarGroup")
 class VarGroup(tf.saved_model.experimental.TrackableResource):
     """A ``KerasOptVarGroup`` resource over fixed variables (weakly referenced)."""
 
@@ -66,13 +70,22 @@ class VarGroup(tf.saved_model.experimental.TrackableResource):
             )
         return members
 
-    def _make(self, members):
+    def _create_resource(self):
         return self._module.keras_opt_var_group(
-            members=[m.handle for m in members], names=self._names
+            members=[m.handle for m in self._members()], names=self._names
         )
 
-    def _create_resource(self):
-        return self._make(self._members())
+    # SavedModel. Nothing of keras_opt's op library goes into the SavedModel
+    # for the group itself, so a model saved with its optimizer loads where
+    # keras_opt is absent (serving) unless a saved function uses fused ops:
+    # no saved creator function (TrackableResource would save one), a plain
+    # handle op as the group's stand-in in the exported graph (no saved
+    # signature uses it), and where keras_opt is imported the loader rebuilds
+    # the group from its restored members (`_deserialize_from_proto`).
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        children.pop("_create_resource", None)  # the initializer and destroyer are no-ops
+        return children
 
     def _deserialization_dependencies(self, children):
         # The members (variables and slots, tracked elsewhere) are exported and
@@ -82,14 +95,28 @@ class VarGroup(tf.saved_model.experimental.TrackableResource):
         return deps
 
     def _export_to_saved_model_graph(self, object_map, tensor_map, **unused_kwargs):
-        # The members are exported first (they are dependencies): build the
-        # exported group from their exported handles.
         new_obj = copy.copy(self)
         with tf.device(self._resource_device):
-            new_obj._resource_handle = self._make([object_map[m] for m in self._members()])
+            new_obj._resource_handle = tf.raw_ops.VarHandleOp(
+                dtype=tf.int32, shape=[], shared_name="keras_opt_fused_group_stand_in"
+            )
         object_map[self] = new_obj
         tensor_map[self.resource_handle] = new_obj._resource_handle
         return [self.resource_handle]
+
+    @classmethod
+    def _deserialize_from_proto(cls, object_proto=None, dependencies=None, **unused_kwargs):
+        from keras_opt.kernels import build
+
+        module = build.load()
+        if module is None:
+            raise RuntimeError(
+                "This SavedModel holds a traced step with keras_opt's fused ops, which "
+                f"need its op library here: {build.status()['reason']}"
+            )
+        members = [dependencies[f"member_{i}"] for i in range(len(dependencies))]
+        device = object_proto.resource.device if object_proto is not None else ""
+        return cls(module, device, members, [_name(m) for m in members])
 
 
 def _cache(opt) -> dict:
