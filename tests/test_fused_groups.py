@@ -391,3 +391,20 @@ def test_savedmodel_with_the_optimizer_serves_where_keras_opt_is_absent(tmp_path
         timeout_s=120,
     )
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model.serve(tf.constant(x)).numpy())
+
+
+def test_a_copied_optimizer_starts_without_groups():
+    """copy.deepcopy(optimizer) works as in tf_keras; the copy's groups would hold
+    the original's variables, so it has none until its own step is traced."""
+    import copy
+
+    variables = make_vars()
+    opt = keras_opt.Adam()
+    make_step(opt, variables)(grad_stream(1)[0])
+    twin = copy.deepcopy(opt)
+    assert len(opt._fused_groups) == 1 and not twin._fused_groups
+    # Made eagerly even though the step was being traced: it keeps no graph alive.
+    from tensorflow.python.eager import context
+
+    (group,) = opt._fused_groups.values()
+    assert group._destruction_context is context.eager_mode

@@ -476,7 +476,7 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
             coefs = [tf.convert_to_tensor(c, dtype=dtype) for c in coefs]
             if var_groups.enabled():
                 # One captured handle for the whole group (see groups.py).
-                group = var_groups.group_for(opt, module, device, variables, slots)
+                group = var_groups.group_for(opt, device, variables, slots)
                 op = module.keras_opt_fused_apply_group(
                     group=group.resource_handle,
                     grad=grads,

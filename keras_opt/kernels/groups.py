@@ -54,9 +54,8 @@ def enabled() -> bool:
 class VarGroup(tf.saved_model.experimental.TrackableResource):
     """A ``KerasOptVarGroup`` resource over fixed variables (weakly referenced)."""
 
-    def __init__(self, module, device: str, members, names):
+    def __init__(self, device: str, members, names):
         super().__init__(device=device)
-        self._module = module
         self._member_refs = [weakref.ref(m) for m in members]
         self._names = list(names)
         with tf.init_scope():
@@ -71,7 +70,9 @@ class VarGroup(tf.saved_model.experimental.TrackableResource):
         return members
 
     def _create_resource(self):
-        return self._module.keras_opt_var_group(
+        from keras_opt.kernels import build
+
+        return build.load().keras_opt_var_group(
             members=[m.handle for m in self._members()], names=self._names
         )
 
@@ -116,18 +117,30 @@ class VarGroup(tf.saved_model.experimental.TrackableResource):
             )
         members = [dependencies[f"member_{i}"] for i in range(len(dependencies))]
         device = object_proto.resource.device if object_proto is not None else ""
-        return cls(module, device, members, [_name(m) for m in members])
+        with tf.init_scope():
+            return cls(device, members, [_name(m) for m in members])
+
+
+class _GroupCache(dict):
+    """An optimizer's groups. A copy of the optimizer starts with none: the
+    groups hold the original's variables."""
+
+    def __copy__(self):
+        return _GroupCache()
+
+    def __deepcopy__(self, memo):
+        return _GroupCache()
 
 
 def _cache(opt) -> dict:
     cache = getattr(opt, "_fused_groups", None)
     if cache is None:
-        cache = {}
+        cache = _GroupCache()
         opt._fused_groups = cache
     return cache
 
 
-def group_for(opt, module, device: str, variables, slots) -> VarGroup:
+def group_for(opt, device: str, variables, slots) -> VarGroup:
     """The group of ``variables`` then ``slots`` (slot-major), made once per optimizer."""
     members = list(variables) + list(slots)
     key = (device, tuple(id(m) for m in members))
@@ -135,7 +148,9 @@ def group_for(opt, module, device: str, variables, slots) -> VarGroup:
     group = cache.get(key)
     if group is None:
         names = [_name(m) for m in members]
-        group = VarGroup(module, device, members, names)
+        # Made eagerly: nothing of the graph being traced is kept alive by it.
+        with tf.init_scope():
+            group = VarGroup(device, members, names)
         cache[key] = group
         # Forget the group when one of the step's variables goes away (the
         # slots belong to the optimizer), so it does not keep them alive.
