@@ -408,3 +408,26 @@ def test_a_copied_optimizer_starts_without_groups():
 
     (group,) = opt._fused_groups.values()
     assert group._destruction_context is context.eager_mode
+
+
+def test_savedmodel_with_a_group_loads_where_the_library_cannot_be_built(tmp_path, monkeypatch):
+    """keras_opt imported but no op library (e.g. no compiler on the serving machine):
+    the model loads and serves; only a step that runs fused ops would need it."""
+
+    class Model(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = make_vars(shapes=[(3, 2)])[0]
+            self.opt = keras_opt.SGD(learning_rate=0.1)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def serve(self, x):
+            return x @ self.w
+
+    model = Model()
+    make_step(model.opt, [model.w])([tf.ones([3, 2])])
+    tf.saved_model.save(model, str(tmp_path / "m"))
+    monkeypatch.setattr(build, "load", lambda: None)
+    loaded = tf.saved_model.load(str(tmp_path / "m"))
+    x = tf.ones([2, 3])
+    np.testing.assert_array_equal(loaded.serve(x).numpy(), model.serve(x).numpy())

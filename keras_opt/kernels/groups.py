@@ -109,16 +109,29 @@ class VarGroup(tf.saved_model.experimental.TrackableResource):
     def _deserialize_from_proto(cls, object_proto=None, dependencies=None, **unused_kwargs):
         from keras_opt.kernels import build
 
-        module = build.load()
-        if module is None:
-            raise RuntimeError(
-                "This SavedModel holds a traced step with keras_opt's fused ops, which "
-                f"need its op library here: {build.status()['reason']}"
-            )
-        members = [dependencies[f"member_{i}"] for i in range(len(dependencies))]
         device = object_proto.resource.device if object_proto is not None else ""
+        if build.load() is None:
+            # Loads (e.g. to serve) without the library; only a saved function
+            # that runs the fused ops needs the group, and it fails then.
+            return _UnavailableGroup(device, build.status()["reason"])
+        count = sum(1 for key in dependencies if key.startswith("member_"))
+        members = [dependencies[f"member_{i}"] for i in range(count)]
         with tf.init_scope():
             return cls(device, members, [_name(m) for m in members])
+
+
+class _UnavailableGroup(tf.saved_model.experimental.TrackableResource):
+    """A loaded group where keras_opt's op library is not available."""
+
+    def __init__(self, device: str, reason):
+        super().__init__(device=device)
+        self._reason = reason
+
+    def _create_resource(self):
+        raise RuntimeError(
+            "This SavedModel holds a traced step with keras_opt's fused ops, which need "
+            f"keras_opt's op library here: {self._reason}"
+        )
 
 
 class _GroupCache(dict):
