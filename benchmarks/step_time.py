@@ -26,6 +26,12 @@ Workloads (``--workloads``):
       IndexedSlices. With ``lazy_adam`` among the optimizers, W4 also times the
       touched-rows bound (gather and scatter of var, m and v on the seen rows).
 
+``--solo-rounds N`` times each library alone instead: one fresh process per
+(cell, library), N rounds in rotating order, so no other library's threads
+share the cores and no other heap is walked by the collector; a ratio is then
+the median (and range) of the per-round ratios of processes run back to back.
+Use it to compare with torch (see benchmarks/README.md).
+
 Optimizers: the classic five, and ``adamw``, ``lion``, ``lazy_adam`` (keras_opt's
 LazyAdam; tf_keras and Keras 3 have no lazy Adam, their Adam is timed in that row).
 
@@ -72,6 +78,7 @@ DEFAULT_REPEATS = {"W1": 10, "W2": 5, "W3": 10, "W4": 5}
 WARMUP_STEPS = 2
 # Untimed pause before each timed step (--gap-ms).
 GAP_S = 0.0
+SOLO_TIMEOUT_S = 900  # one child process: imports, build, warm-up and timed steps
 SEED = 1234
 
 # Hyperparameters shared by every library (their defaults agree otherwise).
@@ -326,6 +333,77 @@ def run_cell(
     return result
 
 
+def run_cell_solo(
+    wl_name: str,
+    opt_name: str,
+    feature: str,
+    libs: list[str],
+    repeats: int,
+    rounds: int,
+    gap_ms: float,
+    verbose: bool,
+) -> dict:
+    """Each library alone in a fresh process, ``rounds`` times, rotating the order.
+
+    A child process runs this script for one (cell, library) and writes its
+    samples to a JSON file. No other library's threads, heap or caches share
+    the process, and pairing the libraries round by round (processes run back
+    to back) cancels slow drifts of the machine: ``ratio`` reports the median
+    of the per-round ratios with their range.
+    """
+    import subprocess
+    import tempfile
+
+    result: dict = {lib: {"status": "ok", "times_ms": [], "round_medians": []} for lib in libs}
+    row_name = opt_name + (f"+{feature}" if feature else "")
+    for r in range(rounds):
+        for lib in libs[r % len(libs) :] + libs[: r % len(libs)]:
+            if result[lib]["status"] != "ok":
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                out = os.path.join(tmp, "cell.json")
+                cmd = [
+                    sys.executable, os.path.abspath(__file__), "--workloads", wl_name,
+                    "--optimizers", opt_name, "--libs", lib, "--repeats", str(repeats),
+                    "--gap-ms", str(gap_ms), "--json", out, "--cell-feature", feature,
+                ]  # fmt: skip
+                proc = None
+                try:
+                    proc = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=SOLO_TIMEOUT_S
+                    )
+                    with open(out) as f:
+                        rows = json.load(f)["results"]
+                    child = next(
+                        x["libs"][lib]
+                        for x in rows
+                        if x.get("workload") == wl_name and x.get("optimizer") == row_name
+                    )
+                except subprocess.TimeoutExpired:
+                    child = {"status": "n/a", "reason": f"timed out after {SOLO_TIMEOUT_S}s"}
+                except (OSError, ValueError, KeyError, StopIteration):
+                    err = proc.stderr if proc is not None else ""
+                    tail = (err or "").strip().splitlines()[-1:] or ["no output"]
+                    child = {"status": "n/a", "reason": f"child failed: {tail[0][:100]}"}
+                    if verbose:
+                        print(err, file=sys.stderr)
+            if child["status"] != "ok":
+                result[lib] = child
+                continue
+            res = result[lib]
+            res.setdefault("first_step_s", child["first_step_s"])
+            res["times_ms"] += child["times_ms"]
+            res["round_medians"].append(child["median_ms"])
+    for res in result.values():
+        if res["status"] == "ok":
+            t = res["times_ms"]
+            res["median_ms"] = statistics.median(res["round_medians"])
+            res["min_ms"] = min(t)
+            q = np.percentile(t, [25, 75])
+            res["iqr_ms"] = [float(q[0]), float(q[1])]
+    return result
+
+
 def touched_rows_bound_ms(wl: Workload, repeats: int) -> float:
     """Median time of the least work a lazy sparse Adam step must do on ``wl``.
 
@@ -368,6 +446,10 @@ def ratio(cell: dict, a: str, b: str) -> str:
     ra, rb = cell.get(a), cell.get(b)
     if not ra or not rb or ra["status"] != "ok" or rb["status"] != "ok":
         return "-"
+    pa, pb = ra.get("round_medians"), rb.get("round_medians")
+    if pa and pb and len(pa) == len(pb) and len(pa) > 1:  # --solo-rounds: pair by round
+        rs = sorted(x / y for x, y in zip(pa, pb))
+        return f"{statistics.median(rs):.3f} ({rs[0]:.2f}-{rs[-1]:.2f})"
     return f"{ra['median_ms'] / rb['median_ms']:.3f}"
 
 
@@ -428,6 +510,14 @@ def main(argv=None) -> int:
         help="untimed pause before each timed step, so that the thread pool of the library "
         "timed before (TF's Eigen pool, torch's OpenMP) has stopped spinning",
     )
+    p.add_argument(
+        "--solo-rounds",
+        type=int,
+        default=0,
+        help="run each library alone in its own process, this many rounds per cell, "
+        "rotating the order; ratios are medians of per-round ratios (with their range)",
+    )
+    p.add_argument("--cell-feature", default=None, help=argparse.SUPPRESS)  # a solo child
     args = p.parse_args(argv)
     global GAP_S
     GAP_S = args.gap_ms / 1000.0
@@ -442,6 +532,8 @@ def main(argv=None) -> int:
     optimizers = parse_list(args.optimizers, ALL_OPTIMIZERS)
     libs = parse_list(args.libs, ALL_LIBS + EXTRA_LIBS)
     features = [""] + parse_list(args.features, FEATURE_KWARGS)
+    if args.cell_feature is not None:  # a --solo-rounds child times exactly one row
+        features = [args.cell_feature]
     if args.torch and "torch_fused" not in libs:
         libs.append("torch_fused")
     global BANDWIDTH_GBS
@@ -471,7 +563,13 @@ def main(argv=None) -> int:
         print(f"# {wl.describe()}; repeats={repeats}", flush=True)
         for opt_name, feature in [(o, f) for o in optimizers for f in features]:
             t0 = time.perf_counter()
-            cell = run_cell(wl, opt_name, libs, repeats, args.verbose, feature)
+            if args.solo_rounds:
+                cell = run_cell_solo(
+                    wl_name, opt_name, feature, libs, repeats, args.solo_rounds, args.gap_ms,
+                    args.verbose,
+                )  # fmt: skip
+            else:
+                cell = run_cell(wl, opt_name, libs, repeats, args.verbose, feature)
             bound = bound_ms(wl, opt_name, BANDWIDTH_GBS)
             opt_name = opt_name + (f"+{feature}" if feature else "")
             row = {
