@@ -7,6 +7,7 @@ error for an empty gradient list), the test says so.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 
@@ -406,6 +407,53 @@ def test_gradient_transformers_and_aggregator_are_called_in_order():
     var = tf.Variable(0.0)
     opt.apply_gradients([(tf.constant(1.0), var)])
     assert calls == ["aggregate", "transform"] and var.numpy() == -2.0
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf_function"])
+def test_default_aggregation_all_reduces_only_under_a_strategy(monkeypatch, mode):
+    # With one replica (no strategy) the gradient sum is the gradient: no
+    # all_reduce, so no IdentityN over every gradient (one op per gradient when
+    # eager). Under a strategy the reduction still runs. Values as tf_keras.
+    calls = []
+    real = tf.distribute.ReplicaContext.all_reduce
+
+    def spy(self, reduce_op, value, options=None):
+        calls.append(len(value))
+        return real(self, reduce_op, value, options)
+
+    real_batch = gradients_lib._batch_reduce_sum
+
+    def batch_spy(distribution, grads_and_vars):  # the merge_call path of some strategies
+        calls.append(len(grads_and_vars))
+        return real_batch(distribution, grads_and_vars)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", spy)
+    monkeypatch.setattr(gradients_lib, "_batch_reduce_sum", batch_spy)
+    grads = [tf.constant([0.5, -1.0]), tf.IndexedSlices(tf.constant([[2.0]]), tf.constant([1]))]
+    results = []
+    for make in (keras_opt.Adam, tf_keras_legacy.Adam):
+        for scope in (None, tf.distribute.MirroredStrategy(["/cpu:0"])):
+            with scope.scope() if scope else contextlib.nullcontext():
+                vs = [tf.Variable([1.0, 2.0]), tf.Variable([[3.0], [4.0]])]
+                opt = make(learning_rate=0.1)
+
+                def step(opt=opt, vs=vs):
+                    opt.apply_gradients(zip(grads, vs))
+
+                def call(step=step, scope=scope):
+                    scope.run(step) if scope else step()
+
+                calls.clear()
+                for _ in range(2):  # a new tf.function each time
+                    tf.function(call)() if mode == "tf_function" else call()
+                if make is keras_opt.Adam and scope:  # once per step (or per trace)
+                    assert calls and set(calls) == {2}, calls
+                elif make is keras_opt.Adam:
+                    assert calls == []
+                results.append([v.numpy() for v in vs])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_constraint_applied_after_dense_update_and_refused_for_sparse():

@@ -831,8 +831,13 @@ def test_unused_features_leave_the_traced_graph_as_it_was(sparse):
         return collections.Counter(n.op for n in graph.node), opt
 
     ours, opt = op_types(keras_opt.Adam(0.1, fused_kernels=False))
-    theirs, _ = op_types(tf_keras_legacy.Adam(0.1))
+    # Without a strategy keras_opt skips the one-replica all_reduce (an IdentityN
+    # over the gradients, and an Identity each); tf_keras skips it too with a
+    # pass-through gradient_aggregator.
+    theirs, _ = op_types(tf_keras_legacy.Adam(0.1, gradient_aggregator=lambda gv: gv))
     assert ours == theirs
+    with_all_reduce, _ = op_types(tf_keras_legacy.Adam(0.1))
+    assert with_all_reduce["IdentityN"] == ours["IdentityN"] + (0 if sparse else 1)
     defaults = keras_opt.optimizer_v2.base_arguments.FEATURE_DEFAULTS
     explicit, _ = op_types(keras_opt.Adam(0.1, fused_kernels=False, **defaults))
     assert explicit == ours
