@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import threading
 
@@ -230,11 +231,19 @@ def enabled(opt) -> tuple[bool, str | None]:
     return True, None
 
 
+@functools.lru_cache(maxsize=256)
 def _is_cpu(device: str) -> bool:
+    # Asked once per variable and step (eager steps too): parse each name once.
     if not device:
         return True
     spec = tf.DeviceSpec.from_string(device)
     return spec.device_type in (None, "CPU")
+
+
+def _as_tensor(value, dtype):
+    if isinstance(value, tf.Tensor) and value.dtype == dtype:
+        return value  # the common case, without convert_to_tensor's dispatch
+    return tf.convert_to_tensor(value, dtype)
 
 
 def _strategy_ok(distribution) -> tuple[bool, str | None]:
@@ -472,7 +481,7 @@ def apply_fused(opt, distribution, grads_and_vars, apply_state):
             coefs = rule.coefs(coef)
             variables = [v for _, v, _ in items]
             slots = [s[j] for j in range(len(rule.slots)) for _, _, s in items]
-            grads = [tf.convert_to_tensor(g, dtype=dtype) for g, _, _ in items]
+            grads = [_as_tensor(g, dtype) for g, _, _ in items]
             coefs = [tf.convert_to_tensor(c, dtype=dtype) for c in coefs]
             if var_groups.enabled():
                 # One captured handle for the whole group (see groups.py).
