@@ -4,7 +4,7 @@ For each (workload, optimizer) cell every library gets its own fresh
 variables (identical initial values), the same fixed gradient tensors, and a
 ``tf.function`` step ``opt.apply_gradients(zip(grads, vars))``. After a warm-up
 (trace + 2 steps) the steps are timed *interleaved* (round-robin over the
-libraries, rotating which library goes first each round) so machine noise hits
+libraries, in a new random order each round) so machine noise hits
 all libraries alike. Each timed sample is ``perf_counter`` around the step call
 plus ``opt.iterations.numpy()`` (forces completion; identical for every lib).
 
@@ -298,8 +298,12 @@ def run_cell(
                 traceback.print_exc()
             gc.collect()
     active = list(runners)
-    for r in range(repeats):
-        order = active[r % len(active) :] + active[: r % len(active)] if active else []
+    shuffle = np.random.default_rng(SEED)
+    for _ in range(repeats):
+        # A fresh order each round: a library's step can be slowed by the one
+        # timed just before it (its spinning threads, the caches it evicted),
+        # and a rotation would give every library the same predecessor.
+        order = list(shuffle.permutation(active)) if active else []
         for lib in order:
             if lib not in runners:
                 continue
