@@ -217,10 +217,13 @@ def make_variables(lib: str, wl: Workload):
         import keras
 
         return [
-            keras.Variable(init, name=f"v{i}", dtype="float32")
+            keras.Variable(init * 1.0, name=f"v{i}", dtype="float32")
             for i, init in enumerate(wl.init_values)
         ]
-    return [tf.Variable(init, name=f"v{i}") for i, init in enumerate(wl.init_values)]
+    # `init * 1.0`: a buffer of the variable's own. A variable made from the
+    # shared constant itself would share its buffer, and the first update
+    # would copy the whole variable (copy-on-write), as no real model does.
+    return [tf.Variable(init * 1.0, name=f"v{i}") for i, init in enumerate(wl.init_values)]
 
 
 class Runner:
@@ -243,6 +246,7 @@ class Runner:
                 opt._create_all_weights(variables)
         else:
             opt.build(variables)
+        self.rss_built_kb = _mark_built()
         jit = {"keras3": False, "keras3_jit": True}.get(lib)
         fn_kwargs = {} if jit is None else {"jit_compile": jit}
 
@@ -273,6 +277,32 @@ def short_reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     msg = f"{type(exc).__name__}: {lines[-1] if lines else ''}".replace("|", "/")
     return msg[:100] + ("..." if len(msg) > 100 else "")
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Resets VmHWM (the peak resident size) to the current size (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _mark_built() -> int | None:
+    """VmRSS once variables, slots and gradients exist; restarts the peak from there."""
+    return _proc_status_kb("VmRSS") if _reset_peak_rss() else None
 
 
 def run_cell(
@@ -319,6 +349,11 @@ def run_cell(
                 runners.pop(lib).close()
                 continue
             result[lib]["times_ms"].append(dt * 1e3)
+    hwm_kb = _proc_status_kb("VmHWM")
+    for lib, runner in runners.items():
+        if len(runners) == 1 and runner.rss_built_kb is not None and hwm_kb is not None:
+            # Alone in the process: the peak since the optimizer was built.
+            result[lib]["step_mem_mb"] = max(0, hwm_kb - runner.rss_built_kb) / 1024.0
     for lib, runner in runners.items():
         # Every step must reuse the single trace (no retracing while timed).
         if hasattr(runner.step_fn, "experimental_get_tracing_count"):
@@ -398,6 +433,8 @@ def run_cell_solo(
             res.setdefault("first_step_s", child["first_step_s"])
             res["times_ms"] += child["times_ms"]
             res["round_medians"].append(child["median_ms"])
+            if "step_mem_mb" in child:
+                res["step_mem_mb"] = max(res.get("step_mem_mb", 0.0), child["step_mem_mb"])
     for res in result.values():
         if res["status"] == "ok":
             t = res["times_ms"]
@@ -531,6 +568,8 @@ def main(argv=None) -> int:
         print(markdown_table(data["results"]))
         print()
         print(fused_table(data["results"], data["meta"].get("bandwidth_gbs")))
+        print()
+        print(memory_table(data["results"]))
         return 0
     workloads = parse_list(args.workloads, ALL_WORKLOADS, upper=True)
     optimizers = parse_list(args.optimizers, ALL_OPTIMIZERS)
@@ -609,6 +648,8 @@ def main(argv=None) -> int:
     print(markdown_table(results))
     print()
     print(fused_table(results, BANDWIDTH_GBS))
+    print()
+    print(memory_table(results))
     slow = [
         r
         for r in results
@@ -733,6 +774,7 @@ class TorchRunner:
         except (RuntimeError, TypeError, ValueError):
             self.opt = cls(self.params, foreach=True, **kwargs)
         self.step_fn = self.opt.step
+        self.rss_built_kb = _mark_built()
         t0 = time.perf_counter()
         self.step()
         self.first_step_s = time.perf_counter() - t0
@@ -744,6 +786,38 @@ class TorchRunner:
 
     def close(self):
         del self.opt, self.params
+
+
+def memory_table(results: list[dict]) -> str:
+    """Peak resident memory the steps add (MB) beyond variables, slots and gradients.
+
+    Measured where a library runs alone in its process (``--solo-rounds``, or
+    one library in ``--libs``): VmHWM after the timed steps minus VmRSS once the
+    optimizer was built. In-place updates add ~0; temporaries and copies of a
+    variable or slot show up in full.
+    """
+    libs = [lib for lib in ALL_LIBS + EXTRA_LIBS]
+    rows = [
+        r for r in results if "libs" in r and any("step_mem_mb" in c for c in r["libs"].values())
+    ]
+    if not rows:
+        return ""
+    present = [lib for lib in libs if any(lib in r["libs"] for r in rows)]
+    lines = [
+        "memory the steps add at their peak, MB, beyond variables, slots and gradients "
+        "(VmHWM after the steps - VmRSS once built; only where a library ran alone)",
+        "",
+        "| workload | optimizer | " + " | ".join(present) + " |",
+        "|---|---|" + "---|" * len(present),
+    ]
+    for r in rows:
+        cells = []
+        for lib in present:
+            c = r["libs"].get(lib)
+            ok = c and c.get("status") == "ok" and "step_mem_mb" in c
+            cells.append(f"{c['step_mem_mb']:.0f}" if ok else "-")
+        lines.append(f"| {r['workload']} | {r['optimizer']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def fused_table(results: list[dict], bandwidth_gbs) -> str:
