@@ -197,7 +197,8 @@ def all_reduce_sum_gradients(grads_and_vars: GradsAndVars) -> GradsAndVars:
     if not tf.distribute.has_strategy():
         # One replica: the sum is the gradient itself. The default strategy's
         # all_reduce would add an IdentityN over every gradient and variable (a
-        # custom_gradient), run op by op when eager: ~1 ms per 1000 variables.
+        # custom_gradient), run op by op when eager: on 1000 variables ~12 ms of
+        # an eager step, ~0.2 ms of a traced one.
         return grads_and_vars
     context = tf.distribute.get_replica_context()
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
