@@ -359,6 +359,19 @@ def test_savedmodel_of_a_step_with_a_group_loads_and_continues(tmp_path):
     assert not [k for k in keys if "group" in k]
 
 
+class ServingModel(tf.Module):
+    """One variable, its SGD optimizer and a serving function that reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = make_vars(shapes=[(3, 2)])[0]
+        self.opt = keras_opt.SGD(learning_rate=0.1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    def serve(self, x):
+        return x @ self.w
+
+
 def test_savedmodel_with_the_optimizer_serves_where_keras_opt_is_absent(tmp_path):
     """A model saved with its optimizer (which built a group in a traced step) but
     without the step loads and serves in a process that never imports keras_opt:
@@ -368,17 +381,7 @@ def test_savedmodel_with_the_optimizer_serves_where_keras_opt_is_absent(tmp_path
     tf_keras for tf_keras's optimizers, does not have.)"""
     import dist_utils
 
-    class Model(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = make_vars(shapes=[(3, 2)])[0]
-            self.opt = keras_opt.SGD(learning_rate=0.1)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def serve(self, x):
-            return x @ self.w
-
-    model = Model()
+    model = ServingModel()
     step = make_step(model.opt, [model.w])  # a standalone traced step, not saved
     step([tf.ones([3, 2])])
     assert model.opt._fused_groups
@@ -414,17 +417,7 @@ def test_savedmodel_with_a_group_loads_where_the_library_cannot_be_built(tmp_pat
     """keras_opt imported but no op library (e.g. no compiler on the serving machine):
     the model loads and serves; only a step that runs fused ops would need it."""
 
-    class Model(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = make_vars(shapes=[(3, 2)])[0]
-            self.opt = keras_opt.SGD(learning_rate=0.1)
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def serve(self, x):
-            return x @ self.w
-
-    model = Model()
+    model = ServingModel()
     make_step(model.opt, [model.w])([tf.ones([3, 2])])
     tf.saved_model.save(model, str(tmp_path / "m"))
     monkeypatch.setattr(build, "load", lambda: None)
